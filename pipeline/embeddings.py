@@ -1,0 +1,113 @@
+"""Stage `embeddings`: a (V, D) word-embedding matrix for the vocabulary.
+
+    data/vocab/vocab.json, data/prepared/captions.csv -> data/embeddings/embeddings.npy,
+                                                         data/embeddings/metrics.json
+
+Either a pretrained word2vec file (`embeddings.pretrained`: GoogleNews `.bin` / `.bin.gz`, or
+the word2vec text format), read with gensim's KeyedVectors, or a gensim Word2Vec trained on the
+training captions. Row i belongs to vocabulary word i. Missing-word rule for a pretrained file:
+the word as is, then lower-case, Capitalised and UPPER-case forms; a word still missing gets a
+random vector with the scale of the found ones. PAD is all zeros; START, END and UNK are random.
+The coverage (how many vocabulary words got a real vector) is a DVC metric.
+
+Run: python -m pipeline.embeddings
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from gensim.models import KeyedVectors, Word2Vec
+
+from pipeline.config import DatasetConfig, EmbeddingsConfig, VocabConfig, load_section
+from pipeline.text import PAD, SPECIAL_TOKENS, Vocabulary, tokenize
+from pipeline.utils import atomic_path, write_json
+from pipeline.vocab import read_captions
+
+
+def train_word2vec(sentences: list[list[str]], dim: int, window: int, epochs: int, seed: int) -> KeyedVectors:
+    """Skip-gram Word2Vec on tokenised captions; one worker so that the result is reproducible."""
+    model = Word2Vec(sentences=sentences, vector_size=dim, window=window, min_count=1, sg=1,
+                     epochs=epochs, seed=seed, workers=1)
+    return model.wv
+
+
+def load_pretrained(path: str | Path) -> KeyedVectors:
+    """Read a word2vec binary (.bin, .bin.gz) or text file with gensim."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: word2vec file not found (params.yaml embeddings.pretrained); "
+                                "put the file there or set embeddings.pretrained to null to train on the captions")
+    binary = path.name.endswith((".bin", ".bin.gz"))
+    try:
+        return KeyedVectors.load_word2vec_format(str(path), binary=binary)
+    except (ValueError, UnicodeDecodeError, EOFError) as error:
+        kind = "binary" if binary else "text"
+        raise ValueError(f"{path}: cannot read it as a word2vec {kind} file ({error}); "
+                         "binary files must end in .bin or .bin.gz") from error
+
+
+def case_variants(word: str) -> tuple[str, ...]:
+    """The forms tried, in order, when looking a vocabulary word up in pretrained vectors."""
+    return tuple(dict.fromkeys((word, word.lower(), word.capitalize(), word.upper())))
+
+
+def embedding_matrix(words: Iterable[str], lookup: Callable[[str], np.ndarray | None], dim: int,
+                     seed: int) -> tuple[np.ndarray, dict[str, int]]:
+    """Rows from `lookup` (None when missing); PAD zero; other rows random at the found rows' scale."""
+    words = list(words)
+    rng = np.random.default_rng(seed)
+    matrix = np.zeros((len(words), dim), dtype=np.float32)
+    found = np.zeros(len(words), dtype=bool)
+    for i, word in enumerate(words):
+        vector = None if word in SPECIAL_TOKENS else lookup(word)
+        if vector is not None:
+            if vector.shape != (dim,):
+                raise ValueError(f"word vectors have {vector.shape[0]} dimensions but embeddings.dim is {dim}; "
+                                 "set embeddings.dim to match the pretrained file")
+            matrix[i], found[i] = vector, True
+    scale = float(matrix[found].std()) if found.any() else 0.1
+    missing = ~found
+    matrix[missing] = rng.normal(0.0, scale, size=(int(missing.sum()), dim))
+    matrix[words.index(PAD)] = 0.0
+    regular = len(words) - len(SPECIAL_TOKENS)
+    stats = {"vocabulary_words": regular, "found": int(found.sum()), "random": regular - int(found.sum())}
+    return matrix, stats
+
+
+def main() -> None:
+    dataset, vocab_config, config = (load_section(DatasetConfig), load_section(VocabConfig),
+                                     load_section(EmbeddingsConfig))
+    vocabulary = Vocabulary.from_json(Path(vocab_config.out_dir) / "vocab.json")
+    if config.pretrained:
+        vectors = load_pretrained(config.pretrained)
+        if vectors.vector_size != config.dim:  # checked here too: with no vocabulary word found, nothing else would
+            raise ValueError(f"{config.pretrained}: word vectors have {vectors.vector_size} dimensions but "
+                             f"embeddings.dim is {config.dim}; set embeddings.dim to match the pretrained file")
+        source = config.pretrained
+
+        def lookup(word: str) -> np.ndarray | None:
+            form = next((v for v in case_variants(word) if v in vectors.key_to_index), None)
+            return None if form is None else vectors[form]
+    else:
+        sentences = [tokenize(c) for c in read_captions(dataset.out_dir, "train")["caption"]]
+        vectors = train_word2vec(sentences, config.dim, config.window, config.epochs, config.seed)
+        source = "word2vec trained on the training captions"
+
+        def lookup(word: str) -> np.ndarray | None:
+            return vectors[word] if word in vectors.key_to_index else None
+
+    matrix, stats = embedding_matrix(vocabulary.words, lookup, config.dim, config.seed)
+    stats["coverage"] = stats["found"] / max(stats["vocabulary_words"], 1)
+    out_dir = Path(config.out_dir)
+    with atomic_path(out_dir / "embeddings.npy") as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, matrix)
+    write_json(out_dir / "metrics.json", stats)
+    print(f"embeddings: {matrix.shape[0]} x {matrix.shape[1]} from {source}; "
+          f"coverage {stats['coverage']:.1%} ({stats['random']} random rows)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Stage `train`: fit the attention decoder on the cached features with teacher forcing.
+
+    data/features/features.h5, data/prepared/captions.csv, data/vocab/vocab.json,
+    data/embeddings/embeddings.npy -> data/train/best.pt, data/train/last.pt,
+    metrics/train (dvclive metrics and per-epoch plots), data/train/tensorboard
+
+Adam with weight decay, StepLR, gradient clipping, cross-entropy + doubly stochastic attention
+penalty, early stopping on the validation split (greedy BLEU-4, or loss). Every epoch writes
+`last.pt` (model, optimiser, scheduler, early-stopping state); a rerun with the same inputs and
+params resumes from it, so an interrupted run loses at most one epoch. `best.pt` holds the best
+epoch's weights with everything `evaluate` and `caption` need to rebuild the model.
+
+Run: python -m pipeline.train
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from dvclive import Live
+from torch.utils.tensorboard import SummaryWriter
+
+from pipeline.config import (DatasetConfig, EmbeddingsConfig, EncoderConfig, ModelConfig, TrainConfig,
+                             VocabConfig, load_section)
+from pipeline.data import EncodedCaptions, FeatureMatrix, bucket_batches, encode_captions, references_by_image
+from pipeline.feature_store import FeatureStore, plain_attr
+from pipeline.model import CaptionDecoder, DecoderConfig, caption_loss, checkpoint_payload
+from pipeline.scoring import bleu4
+from pipeline.text import Vocabulary
+from pipeline.utils import atomic_path, resolve_device, seed_everything
+from pipeline.vocab import read_captions
+
+METRICS_DIR = "metrics/train"  # dvclive: metrics.json and plots/metrics/*.tsv, declared in dvc.yaml
+# params that may change between an interrupted run and its resumption
+RESUMABLE_KEYS = {"epochs", "patience", "resume", "device", "num_samples", "out_dir", "log_dir"}
+
+
+# ----------------------------------------------------------------------------------------------
+# pieces
+
+
+def autocast_for(device: torch.device, amp: str) -> tuple[contextlib.AbstractContextManager, bool]:
+    """The autocast context for `train.amp`, and whether fp16 gradient scaling is needed."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    if amp == "off":
+        return contextlib.nullcontext(), False
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype), amp == "fp16"
+
+
+def load_embeddings(path: Path, vocabulary: Vocabulary) -> torch.Tensor:
+    """The (V, D) embedding matrix, checked against the vocabulary."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: embeddings not found; run `dvc repro embeddings` first")
+    matrix = torch.from_numpy(np.load(path))
+    if matrix.ndim != 2 or matrix.size(0) != len(vocabulary):
+        raise ValueError(f"{path} has shape {tuple(matrix.shape)} but the vocabulary has {len(vocabulary)} words; "
+                         "rerun `dvc repro embeddings`")
+    return matrix
+
+
+def build_model(vocabulary: Vocabulary, embeddings: torch.Tensor, feature_dim: int,
+                config: ModelConfig) -> CaptionDecoder:
+    """The decoder with its embedding initialised from the matrix, frozen unless fine-tuned."""
+    model = CaptionDecoder(DecoderConfig(
+        vocab_size=len(vocabulary), embed_dim=embeddings.size(1), encoder_dim=feature_dim,
+        attention_dim=config.attention_dim, decoder_dim=config.decoder_dim, dropout=config.dropout,
+        pad_index=vocabulary.pad))
+    with torch.no_grad():
+        model.embedding.weight.copy_(embeddings)
+    model.embedding.weight.requires_grad_(config.fine_tune_embeddings)
+    return model
+
+
+def run_epoch(model: CaptionDecoder, features: FeatureMatrix, captions: EncodedCaptions, batches: list[torch.Tensor],
+              config: TrainConfig, device: torch.device, optimizer: torch.optim.Optimizer | None = None,
+              scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One pass over `batches`: a training epoch with an optimizer, else a validation loss."""
+    training = optimizer is not None
+    model.train(training)
+    autocast, _ = autocast_for(device, config.amp)
+    totals = {"loss": 0.0, "cross_entropy": 0.0}
+    tokens_seen, started = 0, time.perf_counter()
+    for batch in batches:
+        length = int(captions.lengths[batch].max())
+        tokens = captions.tokens[batch, :length].to(device, non_blocking=True)  # (B, T)
+        x = features[captions.image_rows[batch]]  # (B, P, E)
+        with torch.set_grad_enabled(training), autocast:
+            logits, alphas = model(x, tokens)  # (B, T-1, V), (B, T-1, P)
+            loss, cross_entropy = caption_loss(logits, tokens[:, 1:], alphas, model.config.pad_index,
+                                               config.attention_penalty)
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+        real = int((tokens[:, 1:] != model.config.pad_index).sum())
+        totals["loss"] += float(loss.detach()) * real
+        totals["cross_entropy"] += float(cross_entropy.detach()) * real
+        tokens_seen += real
+    seconds = time.perf_counter() - started
+    return {**{k: v / max(tokens_seen, 1) for k, v in totals.items()}, "tokens_per_s": tokens_seen / seconds}
+
+
+def greedy_captions(model: CaptionDecoder, features: FeatureMatrix, names: list[str], vocabulary: Vocabulary,
+                    max_length: int, batch_size: int = 256) -> dict[str, str]:
+    """Greedy captions for the named images, batched."""
+    model.eval()
+    results = {}
+    for start in range(0, len(names), batch_size):
+        chunk = names[start:start + batch_size]
+        rows = torch.tensor([features.rows[n] for n in chunk])
+        tokens, _, _ = model.generate(features[rows], vocabulary.start, vocabulary.end, 1, max_length)
+        results.update({n: " ".join(vocabulary.decode(t)) for n, t in zip(chunk, tokens)})
+    return results
+
+
+def fingerprint(paths: list[Path], store: FeatureStore, *configs: Any) -> str:
+    """Identity of the training inputs and params, so a stale last.pt is never resumed."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    digest.update("\n".join(store.names).encode())
+    digest.update(json.dumps(store.attrs, sort_keys=True, default=str).encode())
+    for config in configs:
+        values = {k: v for k, v in dataclasses.asdict(config).items()
+                  if not (isinstance(config, TrainConfig) and k in RESUMABLE_KEYS)}
+        digest.update(json.dumps(values, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save, atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+# ----------------------------------------------------------------------------------------------
+# the recipe
+
+
+def main() -> None:
+    dataset, vocab_config = load_section(DatasetConfig), load_section(VocabConfig)
+    embeddings_config, encoder_config = load_section(EmbeddingsConfig), load_section(EncoderConfig)
+    model_config, config = load_section(ModelConfig), load_section(TrainConfig)
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    out_dir = Path(config.out_dir)
+
+    vocab_path = Path(vocab_config.out_dir) / "vocab.json"
+    embeddings_path = Path(embeddings_config.out_dir) / "embeddings.npy"
+    captions_path = Path(dataset.out_dir) / "captions.csv"
+    vocabulary = Vocabulary.from_json(vocab_path)
+    store = FeatureStore(Path(encoder_config.out_dir) / "features.h5")
+    table = read_captions(dataset.out_dir)
+    train_table, val_table = table[table["split"] == "train"], table[table["split"] == "val"]
+    if train_table.empty or val_table.empty:
+        raise ValueError(f"{captions_path} needs train and val captions (early stopping uses val); "
+                         "check dataset.split_ratios / split_files")
+    features = FeatureMatrix(store, pd.concat([train_table, val_table])["image"], device)
+    train_set = encode_captions(train_table, vocabulary, features.rows, vocab_config.max_caption_length)
+    val_set = encode_captions(val_table, vocabulary, features.rows, vocab_config.max_caption_length)
+    val_references = references_by_image(val_table)
+    val_names = sorted(val_references)
+
+    model = build_model(vocabulary, load_embeddings(embeddings_path, vocabulary), store.feature_dim,
+                        model_config).to(device)
+    model.set_feature_statistics(*features.statistics(train_set.image_rows))
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                 weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_epochs, config.lr_gamma)
+    _, needs_scaler = autocast_for(device, config.amp)
+    scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
+    encoder_info = {k: plain_attr(v) for k, v in store.attrs.items()}
+    identity = fingerprint([vocab_path, embeddings_path, captions_path], store, model_config, config)
+
+    state = {"epoch": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0}
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    resumed = False
+    if config.resume and last_path.is_file():
+        last = torch.load(last_path, map_location=device, weights_only=True)
+        if last.get("fingerprint") == identity and best_path.is_file():
+            model.load_state_dict(last["model"])
+            optimizer.load_state_dict(last["optimizer"])
+            scheduler.load_state_dict(last["scheduler"])
+            state = last["state"]
+            resumed = True
+            print(f"train: resuming from {last_path} after epoch {state['epoch']}")
+        else:
+            print(f"train: {last_path} was made from other inputs or params; starting afresh")
+    if not resumed:
+        shutil.rmtree(config.log_dir, ignore_errors=True)
+
+    higher_is_better = config.early_stopping == "bleu4"
+    live = Live(METRICS_DIR, resume=resumed, save_dvc_exp=False, dvcyaml=None)
+    writer = SummaryWriter(config.log_dir)
+    for epoch in range(state["epoch"], config.epochs):
+        if state["bad_epochs"] >= config.patience:
+            break
+        torch.manual_seed(config.seed + epoch)  # dropout and batch order replay exactly on resume
+        batches = bucket_batches(train_set.lengths, config.batch_size, torch.Generator().manual_seed(config.seed + epoch))
+        train_stats = run_epoch(model, features, train_set, batches, config, device, optimizer, scaler)
+        with torch.no_grad():
+            val_batches = bucket_batches(val_set.lengths, config.batch_size, torch.Generator().manual_seed(0))
+            val_stats = run_epoch(model, features, val_set, val_batches, config, device)
+            hypotheses = greedy_captions(model, features, val_names, vocabulary, vocab_config.max_caption_length)
+        val_stats["bleu4"] = bleu4(val_references, hypotheses)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+
+        score = val_stats["bleu4"] if higher_is_better else val_stats["loss"]
+        best = state["best_score"]
+        improved = best is None or (score > best if higher_is_better else score < best)
+        state.update(epoch=epoch + 1, bad_epochs=0 if improved else state["bad_epochs"] + 1)
+        if improved:
+            state.update(best_score=score, best_epoch=epoch + 1)
+            save(best_path, checkpoint_payload(model, vocabulary.words, encoder_info, epoch=epoch + 1,
+                                               val_bleu4=val_stats["bleu4"], val_loss=val_stats["loss"]))
+        save(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "state": state, "fingerprint": identity})
+
+        for name, value in [("train/loss", train_stats["loss"]), ("train/cross_entropy", train_stats["cross_entropy"]),
+                            ("val/loss", val_stats["loss"]), ("val/cross_entropy", val_stats["cross_entropy"]),
+                            ("val/bleu4", val_stats["bleu4"]), ("lr", lr)]:
+            live.log_metric(name, value)
+            writer.add_scalar(name, value, epoch + 1)
+        writer.add_scalar("train/tokens_per_s", train_stats["tokens_per_s"], epoch + 1)
+        samples = "\n".join(f"{n}: {hypotheses[n]}  (ref: {val_references[n][0]})" for n in val_names[:config.num_samples])
+        writer.add_text("val/samples", samples.replace("\n", "  \n"), epoch + 1)
+        live.next_step()
+        print(f"epoch {epoch + 1}/{config.epochs}: train loss {train_stats['loss']:.3f}, val loss "
+              f"{val_stats['loss']:.3f}, val BLEU-4 {val_stats['bleu4']:.3f}, "
+              f"{train_stats['tokens_per_s']:.0f} tokens/s{' *' if improved else ''}\n  {samples.replace(chr(10), chr(10) + '  ')}",
+              flush=True)
+
+    live.summary.update({"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+                         f"best_val_{config.early_stopping}": state["best_score"]})
+    live.make_summary()
+    live.end()
+    writer.close()
+    print(f"train: best epoch {state['best_epoch']} of {state['epoch']} (val {config.early_stopping} "
+          f"{state['best_score']:.4f}) -> {best_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Stage `vocab`: build the vocabulary from the training captions.
+
+    data/prepared/captions.csv (train split) -> data/vocab/vocab.json
+
+Words seen at least `vocab.min_count` times in the training captions, most frequent first
+(ties alphabetical), after the special tokens of `pipeline.text`. Validation and test captions
+never contribute, so no word is known only from held-out data.
+
+Run: python -m pipeline.vocab
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from pipeline.config import DatasetConfig, VocabConfig, load_section
+from pipeline.text import SPECIAL_TOKENS, Vocabulary, tokenize
+from pipeline.utils import atomic_path
+
+
+def count_words(captions: Iterable[str]) -> Counter[str]:
+    """Word counts over normalised captions."""
+    counts: Counter[str] = Counter()
+    for caption in captions:
+        counts.update(tokenize(caption))
+    return counts
+
+
+def build_vocabulary(captions: Iterable[str], min_count: int) -> tuple[Vocabulary, Counter[str]]:
+    """Special tokens, then words with count >= min_count, most frequent first."""
+    counts = count_words(captions)
+    kept = sorted((w for w, n in counts.items() if n >= min_count and w not in SPECIAL_TOKENS),
+                  key=lambda w: (-counts[w], w))
+    return Vocabulary((*SPECIAL_TOKENS, *kept)), counts
+
+
+def read_captions(prepared_dir: str | Path, split: str | None = None) -> pd.DataFrame:
+    """The prepared captions table (image, split, caption), optionally one split only."""
+    path = Path(prepared_dir) / "captions.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prepared captions not found; run `dvc repro prepare` first")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return table if split is None else table[table["split"] == split].reset_index(drop=True)
+
+
+def main() -> None:
+    dataset, config = load_section(DatasetConfig), load_section(VocabConfig)
+    train = read_captions(dataset.out_dir, "train")
+    if train.empty:
+        raise ValueError(f"{dataset.out_dir}/captions.csv has no training captions; check dataset.split_ratios")
+    vocabulary, counts = build_vocabulary(train["caption"], config.min_count)
+    covered = sum(n for w, n in counts.items() if w in vocabulary)
+    with atomic_path(Path(config.out_dir) / "vocab.json") as tmp:
+        vocabulary.to_json(tmp, counts=dict(counts.most_common()), min_count=config.min_count)
+    print(f"vocab: {len(vocabulary)} tokens ({len(counts)} distinct training words, min_count {config.min_count}); "
+          f"{covered / max(sum(counts.values()), 1):.1%} of training word occurrences covered")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""End to end: the real `dvc repro` on a tiny configuration, in a temporary copy of the project.
+
+Checks that the whole graph runs offline, writes what it promises, reruns nothing when nothing
+changed, reruns only train and evaluate after a `train.*` change, and features onwards after an
+`encoder.*` change.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_PARAMS
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACKED = ["pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+
+def run(command: list[str], cwd: Path) -> str:
+    """Run a command in the copy, with this interpreter's environment first on the PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com", "DVC_NO_ANALYTICS": "1"}
+    env.pop("PIPELINE_PARAMS", None)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{output[-4000:]}"
+    return output
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([a-z_]+)'", output))
+
+
+def set_params(project: Path, changes: dict[str, dict]) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    copy = tmp_path_factory.mktemp("project")
+    for item in TRACKED:
+        source = ROOT / item
+        if source.is_dir():
+            shutil.copytree(source, copy / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (copy / item).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / item)
+    set_params(copy, TINY_PARAMS)
+    run(["git", "init", "-q"], copy)
+    run(["git", "add", "-A"], copy)
+    run(["git", "commit", "-qm", "tiny copy"], copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def first_run(project: Path) -> str:
+    return run(["dvc", "repro"], project)
+
+
+def test_repro_runs_every_stage_and_writes_outputs(project: Path, first_run: str) -> None:
+    assert stages_run(first_run) == {"shapes", "prepare", "features", "vocab", "embeddings", "train", "evaluate"}
+    assert (project / "dvc.lock").is_file()
+    for path in ["data/shapes/objects.json", "data/prepared/captions.csv", "data/prepared/report.json",
+                 "data/features/features.h5", "data/vocab/vocab.json", "data/embeddings/embeddings.npy",
+                 "data/train/best.pt", "data/train/last.pt", "data/evaluate/predictions.json"]:
+        assert (project / path).is_file(), path
+    metrics = json.loads((project / "metrics/evaluate.json").read_text())
+    for key in ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "attention_correctness"]:
+        assert 0.0 <= metrics[key] <= 10.0, key
+    assert metrics["images"] == 6
+    assert len(list((project / "data/evaluate/attention").glob("*.png"))) == 2
+    train_metrics = json.loads((project / "metrics/train/metrics.json").read_text())
+    assert train_metrics["epochs_run"] == 2
+    assert (project / "metrics/train/plots/metrics/val/bleu4.tsv").is_file()
+    # dvc sees the declared metrics and plots
+    shown = run(["dvc", "metrics", "show", "--json"], project)
+    assert "bleu4" in shown and "coverage" in shown
+
+
+def test_second_repro_runs_nothing(project: Path, first_run: str) -> None:
+    assert stages_run(run(["dvc", "repro"], project)) == set()
+
+
+def test_train_param_change_reruns_train_and_evaluate_only(project: Path, first_run: str) -> None:
+    set_params(project, {"train": {"lr": 0.002}})
+    assert stages_run(run(["dvc", "repro"], project)) == {"train", "evaluate"}
+
+
+def test_encoder_param_change_reruns_features_onwards(project: Path, first_run: str) -> None:
+    set_params(project, {"encoder": {"dtype": "float32"}})
+    assert stages_run(run(["dvc", "repro"], project)) == {"features", "train", "evaluate"}
+    assert stages_run(run(["dvc", "repro"], project)) == set()
