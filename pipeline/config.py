@@ -206,6 +206,11 @@ def _check(value: Any, annotation: Any, key: str, where: Path) -> Any:
             raise ConfigError(f"{where}: key '{key}' should be a whole number, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no decimal point) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: key '{key}' should be a number, got {value!r}")
         return float(value)

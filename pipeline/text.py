@@ -2,7 +2,7 @@
 
 Every caption goes through `normalise` exactly once, in prepare; vocab, training targets and the
 evaluation references all read the normalised text, so they cannot disagree. The rule:
-HTML entities unescaped (`&amp;` -> `&`), Unicode NFKC then accents stripped (`café` -> `cafe`),
+HTML entities unescaped (`&amp;` -> `&`), Unicode NFKD then accents stripped (`café` -> `cafe`),
 lower-cased, every character that is not a letter, digit or apostrophe inside a word becomes a
 space (punctuation dropped, as the Karpathy split's `tokens` do; letters of any script count, so
 `smørrebrød` stays one word), whitespace collapsed.
