@@ -11,6 +11,8 @@ params resumes from it, so an interrupted run loses at most one epoch. `best.pt`
 epoch's weights with everything `evaluate` and `caption` need to rebuild the model.
 
 Run: python -m pipeline.train
+     torchrun --nproc_per_node N -m pipeline.train   # DistributedDataParallel over N GPUs (or CPU
+                                                     # processes with gloo); train.batch_size is per process
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from dvclive import Live
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from pipeline.config import (DatasetConfig, EmbeddingsConfig, EncoderConfig, ModelConfig, TrainConfig,
@@ -82,12 +87,34 @@ def build_model(vocabulary: Vocabulary, embeddings: torch.Tensor, feature_dim: i
     return model
 
 
+def start_processes(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when started by torchrun."""
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(device_name)
+    if world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world_size, device
+
+
+def shard(batches: list[torch.Tensor], rank: int, world_size: int) -> list[torch.Tensor]:
+    """This process's batches: every world_size-th one, the same count on every process."""
+    usable = len(batches) // world_size * world_size or len(batches)
+    return batches[:usable][rank::world_size]
+
+
 def run_epoch(model: CaptionDecoder, features: FeatureMatrix, captions: EncodedCaptions, batches: list[torch.Tensor],
               config: TrainConfig, device: torch.device, optimizer: torch.optim.Optimizer | None = None,
-              scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
-    """One pass over `batches`: a training epoch with an optimizer, else a validation loss."""
+              scaler: torch.amp.GradScaler | None = None, network: torch.nn.Module | None = None) -> dict[str, float]:
+    """One pass over `batches`: a training epoch with an optimizer, else a validation loss.
+
+    `network` is the module to call (the DistributedDataParallel wrapper of `model`), if any.
+    """
     training = optimizer is not None
     model.train(training)
+    network = network or model
     autocast, _ = autocast_for(device, config.amp)
     totals = {"loss": 0.0, "cross_entropy": 0.0}
     tokens_seen, started = 0, time.perf_counter()
@@ -96,7 +123,7 @@ def run_epoch(model: CaptionDecoder, features: FeatureMatrix, captions: EncodedC
         tokens = captions.tokens[batch, :length].to(device, non_blocking=True)  # (B, T)
         x = features[captions.image_rows[batch]]  # (B, P, E)
         with torch.set_grad_enabled(training), autocast:
-            logits, alphas = model(x, tokens)  # (B, T-1, V), (B, T-1, P)
+            logits, alphas = network(x, tokens)  # (B, T-1, V), (B, T-1, P)
             loss, cross_entropy = caption_loss(logits, tokens[:, 1:], alphas, model.config.pad_index,
                                                config.attention_penalty)
         if training:
@@ -162,7 +189,18 @@ def main() -> None:
     embeddings_config, encoder_config = load_section(EmbeddingsConfig), load_section(EncoderConfig)
     model_config, config = load_section(ModelConfig), load_section(TrainConfig)
     seed_everything(config.seed)
-    device = resolve_device(config.device)
+    rank, world_size, device = start_processes(config.device)
+    try:
+        fit(dataset, vocab_config, embeddings_config, encoder_config, model_config, config, rank, world_size, device)
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: EmbeddingsConfig,
+        encoder_config: EncoderConfig, model_config: ModelConfig, config: TrainConfig,
+        rank: int, world_size: int, device: torch.device) -> None:
+    """Train, validate, checkpoint and log every epoch; only rank 0 writes files."""
     out_dir = Path(config.out_dir)
 
     vocab_path = Path(vocab_config.out_dir) / "vocab.json"
@@ -203,22 +241,24 @@ def main() -> None:
             scheduler.load_state_dict(last["scheduler"])
             state = last["state"]
             resumed = True
-            print(f"train: resuming from {last_path} after epoch {state['epoch']}")
-        else:
+            if rank == 0:
+                print(f"train: resuming from {last_path} after epoch {state['epoch']}")
+        elif rank == 0:
             print(f"train: {last_path} was made from other inputs or params; starting afresh")
-    if not resumed:
-        shutil.rmtree(config.log_dir, ignore_errors=True)
+    network = model
+    if world_size > 1:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    log = EpochLog(config, resumed) if rank == 0 else None  # only rank 0 writes files
 
     higher_is_better = config.early_stopping == "bleu4"
-    live = Live(METRICS_DIR, resume=resumed, save_dvc_exp=False, dvcyaml=None)
-    writer = SummaryWriter(config.log_dir)
     for epoch in range(state["epoch"], config.epochs):
         if state["bad_epochs"] >= config.patience:
             break
         torch.manual_seed(config.seed + epoch)  # dropout and batch order replay exactly on resume
         batches = bucket_batches(train_set.lengths, config.batch_size, torch.Generator().manual_seed(config.seed + epoch))
-        train_stats = run_epoch(model, features, train_set, batches, config, device, optimizer, scaler)
-        with torch.no_grad():
+        train_stats = run_epoch(model, features, train_set, shard(batches, rank, world_size), config, device,
+                                optimizer, scaler, network)
+        with torch.no_grad():  # every process validates the same (synchronised) weights: same decisions
             val_batches = bucket_batches(val_set.lengths, config.batch_size, torch.Generator().manual_seed(0))
             val_stats = run_epoch(model, features, val_set, val_batches, config, device)
             hypotheses = greedy_captions(model, features, val_names, vocabulary, vocab_config.max_caption_length)
@@ -232,32 +272,54 @@ def main() -> None:
         state.update(epoch=epoch + 1, bad_epochs=0 if improved else state["bad_epochs"] + 1)
         if improved:
             state.update(best_score=score, best_epoch=epoch + 1)
+        if log is None:
+            continue
+        if improved:
             save(best_path, checkpoint_payload(model, vocabulary.words, encoder_info, epoch=epoch + 1,
                                                val_bleu4=val_stats["bleu4"], val_loss=val_stats["loss"]))
         save(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "state": state, "fingerprint": identity})
+        samples = [f"{n}: {hypotheses[n]}  (ref: {val_references[n][0]})" for n in val_names[:config.num_samples]]
+        log.epoch(epoch + 1, train_stats, val_stats, lr, samples, improved)
 
+    if log is not None:
+        log.close(state)
+        print(f"train: best epoch {state['best_epoch']} of {state['epoch']} (val {config.early_stopping} "
+              f"{state['best_score']:.4f}) -> {best_path}")
+
+
+class EpochLog:
+    """Per-epoch metrics to dvclive (DVC metrics and plots), TensorBoard and the console."""
+
+    def __init__(self, config: TrainConfig, resumed: bool) -> None:
+        if not resumed:
+            shutil.rmtree(config.log_dir, ignore_errors=True)
+        self.config = config
+        self.live = Live(METRICS_DIR, resume=resumed, save_dvc_exp=False, dvcyaml=None)
+        self.writer = SummaryWriter(config.log_dir)
+
+    def epoch(self, epoch: int, train_stats: dict[str, float], val_stats: dict[str, float], lr: float,
+              samples: list[str], improved: bool) -> None:
         for name, value in [("train/loss", train_stats["loss"]), ("train/cross_entropy", train_stats["cross_entropy"]),
                             ("val/loss", val_stats["loss"]), ("val/cross_entropy", val_stats["cross_entropy"]),
                             ("val/bleu4", val_stats["bleu4"]), ("lr", lr)]:
-            live.log_metric(name, value)
-            writer.add_scalar(name, value, epoch + 1)
-        writer.add_scalar("train/tokens_per_s", train_stats["tokens_per_s"], epoch + 1)
-        samples = "\n".join(f"{n}: {hypotheses[n]}  (ref: {val_references[n][0]})" for n in val_names[:config.num_samples])
-        writer.add_text("val/samples", samples.replace("\n", "  \n"), epoch + 1)
-        live.next_step()
-        print(f"epoch {epoch + 1}/{config.epochs}: train loss {train_stats['loss']:.3f}, val loss "
+            self.live.log_metric(name, value)
+            self.writer.add_scalar(name, value, epoch)
+        self.writer.add_scalar("train/tokens_per_s", train_stats["tokens_per_s"], epoch)
+        self.writer.add_text("val/samples", "  \n".join(samples), epoch)
+        self.live.next_step()
+        print(f"epoch {epoch}/{self.config.epochs}: train loss {train_stats['loss']:.3f}, val loss "
               f"{val_stats['loss']:.3f}, val BLEU-4 {val_stats['bleu4']:.3f}, "
-              f"{train_stats['tokens_per_s']:.0f} tokens/s{' *' if improved else ''}\n  {samples.replace(chr(10), chr(10) + '  ')}",
-              flush=True)
+              f"{train_stats['tokens_per_s']:.0f} tokens/s{' *' if improved else ''}", flush=True)
+        for sample in samples:
+            print(f"  {sample}", flush=True)
 
-    live.summary.update({"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-                         f"best_val_{config.early_stopping}": state["best_score"]})
-    live.make_summary()
-    live.end()
-    writer.close()
-    print(f"train: best epoch {state['best_epoch']} of {state['epoch']} (val {config.early_stopping} "
-          f"{state['best_score']:.4f}) -> {best_path}")
+    def close(self, state: dict[str, Any]) -> None:
+        self.live.summary.update({"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+                                  f"best_val_{self.config.early_stopping}": state["best_score"]})
+        self.live.make_summary()
+        self.live.end()
+        self.writer.close()
 
 
 if __name__ == "__main__":

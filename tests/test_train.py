@@ -1,6 +1,9 @@
 """Training: batching, caption encoding, input checks, and exact resumption."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import torch
 
 from pipeline import train
 from pipeline.data import bucket_batches, encode_captions
+from pipeline.train import shard
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
 from tests.conftest import write_params
 
@@ -89,3 +93,26 @@ def test_best_checkpoint_rebuilds_the_model(trained_project: Path) -> None:
     # the features were standardised with statistics of the training split, not left at 0/1
     assert not torch.equal(model.feature_mean, torch.zeros_like(model.feature_mean))
     assert not torch.equal(model.feature_std, torch.ones_like(model.feature_std))
+
+
+def test_shard_gives_every_process_the_same_number_of_distinct_batches() -> None:
+    batches = [torch.tensor([i]) for i in range(7)]
+    parts = [shard(batches, rank, 3) for rank in range(3)]
+    assert [len(p) for p in parts] == [2, 2, 2]
+    assert sorted(int(b) for p in parts for b in p) == list(range(6))
+    assert shard(batches, 0, 1) == batches
+
+
+def test_two_processes_train_with_distributed_data_parallel(in_tiny_project: Path) -> None:
+    params = write_params(in_tiny_project, "ddp.yaml",
+                          train={"epochs": 2, "out_dir": "runs/ddp", "log_dir": "runs/ddp/tb"})
+    environment = {**os.environ, "PIPELINE_PARAMS": str(params), "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "pipeline.train"], cwd=in_tiny_project, env=environment,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("epoch 2/2") == 1  # one process logs
+    checkpoint = torch.load(in_tiny_project / "runs/ddp/last.pt", weights_only=True)
+    assert checkpoint["state"]["epoch"] == 2
+    assert (in_tiny_project / "runs/ddp/best.pt").is_file()
