@@ -7,21 +7,23 @@
    context as an elementwise product and sum, the output layer applied at every step, and the
    tutorial's shrinking batch (captions sorted by length, the first `batch_size_t` rows decoded at
    step t, scores packed with `pack_padded_sequence`). The weights are copied across and the two
-   losses are checked to agree in fp32.
+   losses and gradients are checked to agree in fp32.
 2. Beam search in images/s: `CaptionDecoder.generate` (all images and beams as one batch) against
    one image at a time with the beams as the batch (the tutorials' way), written to the same
-   semantics, once with our decoder's `step` and once with the tutorial decoder; the captions are
-   checked to be the same.
+   semantics, with our decoder's `step` (and, with --tutorial-beam, with the tutorial decoder);
+   the captions are checked to be the same.
 
 The variants of a row are timed in turn, alternating their order, `--repeats` times; the table gives
 the median rate and the median of the per-repeat ratios, which is what to compare on a shared machine.
 
-Run from the project root: python -m benchmarks.bench_decoder [--quick] [--repeats 3]
+Run from the project root: python -m benchmarks.bench_decoder [--quick] [--repeats 3] [--beam-repeats 2]
+    [--threads 1] [--tutorial-beam]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import statistics
 import time
@@ -171,30 +173,40 @@ def training_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Op
     optimizer.step()
 
 
-def check_same_loss(vocab_size: int) -> float:
-    """Both decoders' fp32 loss on the same weights and batch (dropout off); returns the difference."""
+def check_same_maths(vocab_size: int) -> tuple[float, float]:
+    """Both decoders' fp32 loss and gradients on the same weights and batch, dropout off.
+
+    Returns the loss difference and the largest gradient difference (relative to the largest
+    gradient) over the output layer, the encoder projection and the LSTM's recurrent weights.
+    """
     ours, tutorial = make_pair(vocab_size, seed=0)
     ours.eval(), tutorial.eval()
     features, captions, lengths = make_batch(16, vocab_size, torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        difference = abs(float(ours_loss(ours, features, captions)) -
-                         float(tutorial_loss(*tutorial(features, captions, lengths))))
-    assert difference < 1e-4, f"V={vocab_size}: losses differ by {difference:.2e}"
-    return difference
+    ours_value, tutorial_value = ours_loss(ours, features, captions), tutorial_loss(*tutorial(features, captions, lengths))
+    (ours_value + tutorial_value).backward()
+    loss_difference = abs(float(ours_value.detach()) - float(tutorial_value.detach()))
+    cell = tutorial.decode_step
+    pairs = [(ours.output.weight.grad, tutorial.fc.weight.grad),
+             (ours.encoder_projection.weight.grad, tutorial.attention.encoder_att.weight.grad),
+             (ours.recurrent_gates.weight.grad, torch.cat([cell.weight_ih.grad[:, D:], cell.weight_hh.grad], dim=1))]
+    gradient_difference = max(float((a - b).abs().max() / b.abs().max()) for a, b in pairs)
+    assert loss_difference < 1e-4, f"V={vocab_size}: losses differ by {loss_difference:.2e}"
+    assert gradient_difference < 1e-3, f"V={vocab_size}: gradients differ by {gradient_difference:.2e} (relative)"
+    return loss_difference, gradient_difference
 
 
-def time_variants(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each variant: one warm-up each, then `repeats` rounds in alternating order."""
-    for function in variants.values():
-        function()
+def time_variants(variants: dict[str, Callable[[], object]], repeats: int
+                  ) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Seconds per call of each variant over `repeats` rounds in alternating order, and the last results."""
     seconds: dict[str, list[float]] = {name: [] for name in variants}
+    results: dict[str, object] = {}
     names = list(variants)
     for repeat in range(repeats):
         for name in names if repeat % 2 == 0 else names[::-1]:
             start = time.perf_counter()
-            variants[name]()
+            results[name] = variants[name]()
             seconds[name].append(time.perf_counter() - start)
-    return seconds
+    return seconds, results
 
 
 def ratio(slow: list[float], fast: list[float]) -> float:
@@ -206,15 +218,18 @@ def bench_training(vocab_size: int, batch_size: int, precision: str, repeats: in
     """Tokens/s of a training step, ours and the tutorial's, on the same batch."""
     ours, tutorial = make_pair(vocab_size, seed=0)
     ours.train(), tutorial.train()
-    features, captions, lengths = make_batch(batch_size, vocab_size, torch.Generator().manual_seed(2))
+    generator = torch.Generator().manual_seed(2)
+    features, captions, lengths = make_batch(batch_size, vocab_size, generator)
     tokens = int((lengths - 1).sum())  # real targets: words + END
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
     ours_optimizer, tutorial_optimizer = torch.optim.Adam(ours.parameters()), torch.optim.Adam(tutorial.parameters())
-    seconds = time_variants({
-        "ours": lambda: training_step(lambda: ours_loss(ours, features, captions), ours_optimizer, autocast),
-        "tutorial": lambda: training_step(lambda: tutorial_loss(*tutorial(features, captions, lengths)),
-                                          tutorial_optimizer, autocast),
-    }, repeats)
+    ours_step = lambda f, c: training_step(lambda: ours_loss(ours, f, c), ours_optimizer, autocast)  # noqa: E731
+    tutorial_step = lambda f, c, l: training_step(lambda: tutorial_loss(*tutorial(f, c, l)),  # noqa: E731
+                                                  tutorial_optimizer, autocast)
+    small = make_batch(4, vocab_size, generator)  # warm-up: Adam's state, the kernels' first calls
+    ours_step(*small[:2]), tutorial_step(*small)
+    seconds, _ = time_variants({"ours": lambda: ours_step(features, captions),
+                                "tutorial": lambda: tutorial_step(features, captions, lengths)}, repeats)
     return {"precision": precision, "V": vocab_size, "B": batch_size, "tokens": tokens,
             "ours": tokens / statistics.median(seconds["ours"]),
             "tutorial": tokens / statistics.median(seconds["tutorial"]),
@@ -224,8 +239,8 @@ def bench_training(vocab_size: int, batch_size: int, precision: str, repeats: in
 # ----------------------------------------------------------------------------------------------
 # beam search one image at a time, with the semantics of CaptionDecoder.generate
 
-# a decoder as two functions: init(features (1, P, E), K) -> state; step(state, words (K,)) ->
-# (log-probs (K, V), alpha (K, P), state); and reorder(state, rows (K,)) -> state
+# a decoder as three functions: init(features (1, P, E), K) -> state; step(state, words (K,)) ->
+# (log-probs (K, V), alpha (K, P), state); reorder(state, rows (K,)) -> state
 Stepper = tuple[Callable, Callable, Callable]
 
 
@@ -300,41 +315,58 @@ def beam_search_one_image(stepper: Stepper, features: torch.Tensor, beam_size: i
     return best_sequence.tolist(), best_score, t + 1
 
 
-def beam_model(vocab_size: int, sharpness: float, end_bias: float) -> tuple[CaptionDecoder, TutorialDecoder]:
-    """Eval-mode pair with peaked next-word distributions and a likely END, like a trained model."""
+# per vocabulary size, the END bias that gives captions of about 12 words (quartiles about 9 and 14)
+END_BIAS = {32: -19.5, 10_000: -15.0}
+
+
+def beam_model(vocab_size: int) -> tuple[CaptionDecoder, TutorialDecoder]:
+    """An eval-mode pair that decodes like a trained model: peaked next-word distributions (about
+    -2 nats per word at V=10,000) and captions that end after 4-20 words.
+
+    A fresh decoder's END is equally likely at every step, so beam search ends at once or never.
+    Here hidden unit 0 counts: its input and forget gates are held open and its cell grows by 0.1
+    per step from a start that varies with the image, and only that unit drives END's logit.
+    """
     ours, tutorial = make_pair(vocab_size, seed=3)
+    cell, counter = tutorial.decode_step, torch.arange(4) * H  # unit 0 of the gates i, f, g, o
     with torch.no_grad():
-        tutorial.fc.weight.mul_(sharpness)
-        tutorial.fc.bias[END] = end_bias
+        cell.weight_ih[counter], cell.weight_hh[counter], cell.bias_hh[counter] = 0.0, 0.0, 0.0
+        cell.bias_ih[counter] = torch.tensor([10.0, 10.0, 0.1, 10.0])  # c += tanh(0.1) per step
+        tutorial.init_c.weight[0] *= 4.0  # start values spread over about +-0.3
+        tutorial.init_c.bias[0] = 0.0
+        tutorial.fc.weight.mul_(40.0)
+        tutorial.fc.weight[END] = 0.0
+        tutorial.fc.weight[END, 0] = 30.0
+        tutorial.fc.bias[END] = END_BIAS[vocab_size]
     copy_weights(tutorial, ours)
     return ours.eval(), tutorial.eval()
 
 
-def bench_beam(vocab_size: int, beam_size: int, num_images: int, repeats: int) -> dict[str, object]:
+def bench_beam(vocab_size: int, beam_size: int, num_images: int, repeats: int,
+               with_tutorial: bool) -> dict[str, object]:
     """Images/s of beam search: batched (ours) vs one image at a time (our step; the tutorial decoder)."""
-    ours, tutorial = beam_model(vocab_size, sharpness=8.0, end_bias=6.0)
+    ours, tutorial = beam_model(vocab_size)
     features = torch.randn(num_images, P, E, generator=torch.Generator().manual_seed(4))
-    one_at_a_time = lambda stepper: [beam_search_one_image(stepper, image[None], beam_size, MAX_LENGTH)  # noqa: E731
-                                     for image in features]
-    batched = ours.generate(features, START, END, beam_size, MAX_LENGTH)[0]
-    by_our_step, by_tutorial = one_at_a_time(our_stepper(ours)), one_at_a_time(tutorial_stepper(tutorial))
-    for name, results in [("our step", by_our_step), ("tutorial decoder", by_tutorial)]:
-        different = sum(words != tokens for (words, _, _), tokens in zip(results, batched))
-        assert different == 0, f"V={vocab_size} K={beam_size}: {different} captions differ ({name})"
-    seconds = time_variants({
-        "batched": lambda: ours.generate(features, START, END, beam_size, MAX_LENGTH),
-        "our step": lambda: one_at_a_time(our_stepper(ours)),
-        "tutorial": lambda: one_at_a_time(tutorial_stepper(tutorial)),
-    }, repeats)
-    steps = [n for _, _, n in by_our_step]
+    batched = lambda images: ours.generate(images, START, END, beam_size, MAX_LENGTH)[0]  # noqa: E731
+    one_at_a_time = lambda stepper, images: [  # noqa: E731
+        beam_search_one_image(stepper, image[None], beam_size, MAX_LENGTH) for image in images]
+    variants = {"batched": lambda images: batched(images),
+                "our step": lambda images: one_at_a_time(our_stepper(ours), images)}
+    if with_tutorial:
+        variants["tutorial"] = lambda images: one_at_a_time(tutorial_stepper(tutorial), images)
+    for variant in variants.values():  # warm-up
+        variant(features[:2])
+    seconds, results = time_variants({name: lambda v=v: v(features) for name, v in variants.items()}, repeats)
+    tokens = results["batched"]
+    for name in variants.keys() - {"batched"}:
+        different = sum(words != caption for (words, _, _), caption in zip(results[name], tokens))
+        assert different == 0, f"V={vocab_size} K={beam_size}: {different} of {num_images} captions differ ({name})"
+    steps = [n for _, _, n in results["our step"]]
     return {"V": vocab_size, "K": beam_size, "images": num_images,
-            "batched": num_images / statistics.median(seconds["batched"]),
-            "our step": num_images / statistics.median(seconds["our step"]),
-            "tutorial": num_images / statistics.median(seconds["tutorial"]),
-            "ratio our step": ratio(seconds["our step"], seconds["batched"]),
-            "ratio tutorial": ratio(seconds["tutorial"], seconds["batched"]),
+            **{name: num_images / statistics.median(seconds[name]) for name in variants},
+            **{f"ratio {name}": ratio(seconds[name], seconds["batched"]) for name in variants},
             "batched steps": max(steps), "mean steps": statistics.mean(steps),
-            "mean words": statistics.mean(len(t) for t in batched)}
+            "mean words": statistics.mean(len(t) for t in tokens)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,9 +396,10 @@ def time_split(vocab_size: int, batch_size: int) -> dict[str, dict[str, float]]:
     projection; everything else (tanh, softmax, the gating, copies, Adam) is elementwise or other.
     """
     ours, tutorial = make_pair(vocab_size, seed=0)
-    features, captions, lengths = make_batch(batch_size, vocab_size, torch.Generator().manual_seed(2))
-    row_counts = {int((lengths - 1 > t).sum()) for t in range(int(lengths.max()) - 1)}
-    assert all(n % P for n in row_counts), f"a step's batch size is a multiple of P={P}: choose another seed"
+    for seed in range(2, 100):  # a batch whose shrinking batch sizes are no multiple of P (see kind_of)
+        features, captions, lengths = make_batch(batch_size, vocab_size, torch.Generator().manual_seed(seed))
+        if all((lengths - 1 > t).sum() % P for t in range(int(lengths.max()) - 1)):
+            break
     steps = {"ours": (ours, lambda: ours_loss(ours, features, captions)),
              "tutorial": (tutorial, lambda: tutorial_loss(*tutorial(features, captions, lengths)))}
     split = {}
@@ -390,21 +423,28 @@ def time_split(vocab_size: int, batch_size: int) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed training steps per variant and row")
+    parser.add_argument("--beam-repeats", type=int, default=2, help="timed beam searches per variant and row")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; more than the idle cores stalls every parallel op on a shared machine")
+    parser.add_argument("--tutorial-beam", action="store_true",
+                        help="also time beam search one image at a time with the tutorial decoder (slow)")
     args = parser.parse_args()
-    repeats = 1 if args.quick else args.repeats
-    batch_sizes = (8,) if args.quick else (64, 256)
-    vocab_sizes = (32, 10_000)
-    beam_images = 4 if args.quick else 100
-    torch.manual_seed(0)
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    torch.set_num_threads(args.threads)
+    repeats, beam_repeats = (1, 1) if args.quick else (args.repeats, args.beam_repeats)
+    batch_sizes, vocab_sizes = ((4,), (32,)) if args.quick else ((64, 256), (32, 10_000))
+    beam_images, beam_sizes, beam_vocab = (2, (3,), 32) if args.quick else (100, (3, 5), 10_000)
+    print(f"{platform.machine()}, {torch.get_num_threads()} torch threads of {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     started = time.perf_counter()
 
     for V in vocab_sizes:
-        print(f"fp32 loss, ours vs tutorial, V={V}: differ by {check_same_loss(V):.1e}")
+        loss_difference, gradient_difference = check_same_maths(V)
+        print(f"fp32, ours vs tutorial, same weights, V={V:,}: loss differs by {loss_difference:.1e}, "
+              f"gradients by {gradient_difference:.1e} (relative)")
 
-    print("\n| precision | V | B | tokens/step | ours tokens/s | tutorial tokens/s | ours / tutorial |")
+    print(f"\ntraining step (forward, loss, backward, Adam), median of {repeats}")
+    print("| precision | V | B | tokens/step | ours tokens/s | tutorial tokens/s | ours / tutorial |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for precision in ("fp32", "bf16"):
         for V in vocab_sizes:
@@ -413,23 +453,24 @@ def main() -> None:
                 print(f"| {precision} | {V:,} | {B} | {row['tokens']:,} | {row['ours']:,.0f} | {row['tutorial']:,.0f} "
                       f"| {row['ratio']:.2f}x |", flush=True)
 
-    print(f"\n| V | beams | images | batched images/s | one at a time, our step | ratio | one at a time, tutorial "
-          f"| ratio | steps (batched) | mean steps per image | mean words |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for V in vocab_sizes:
-        for K in ((3,) if args.quick else (3, 5)):
-            row = bench_beam(V, K, beam_images, repeats)
-            print(f"| {V:,} | {K} | {beam_images} | {row['batched']:.1f} | {row['our step']:.1f} "
-                  f"| {row['ratio our step']:.1f}x | {row['tutorial']:.1f} | {row['ratio tutorial']:.1f}x "
-                  f"| {row['batched steps']} | {row['mean steps']:.1f} | {row['mean words']:.1f} |", flush=True)
+    print(f"\nbeam search, V={beam_vocab:,}, max length {MAX_LENGTH}, {beam_images} images, median of {beam_repeats}")
+    tutorial_columns = " one at a time, tutorial decoder | batched / that |" if args.tutorial_beam else ""
+    print(f"| beams | batched images/s | one at a time, our step | batched / that |{tutorial_columns} "
+          "steps (batched) | mean steps per image | mean words |")
+    print("| ---: | ---: | ---: | ---: |" + " ---: | ---: |" * args.tutorial_beam + " ---: | ---: | ---: |")
+    for K in beam_sizes:
+        row = bench_beam(beam_vocab, K, beam_images, beam_repeats, args.tutorial_beam)
+        tutorial_cells = f" {row['tutorial']:.1f} | {row['ratio tutorial']:.1f}x |" if args.tutorial_beam else ""
+        print(f"| {K} | {row['batched']:.1f} | {row['our step']:.1f} | {row['ratio our step']:.1f}x |{tutorial_cells} "
+              f"{row['batched steps']} | {row['mean steps']:.1f} | {row['mean words']:.1f} |", flush=True)
 
     B = batch_sizes[0]
     split = time_split(10_000, B)
-    print(f"\nprofiled fp32 training step, V=10,000, B={B}: share of self CPU time")
+    print(f"\none fp32 training step under the profiler, V=10,000, B={B}: share of self CPU time")
     print("| | " + " | ".join(split["ours"]) + " |")
     print("| --- |" + " ---: |" * len(split["ours"]))
     for name, shares in split.items():
-        print(f"| {name} | " + " | ".join(f"{v:.0%}" if k != "ms" else f"{v:.0f}" for k, v in shares.items()) + " |")
+        print(f"| {name} | " + " | ".join(f"{v:.0%}" if k != "ms" else f"{v:,.0f}" for k, v in shares.items()) + " |")
     print(f"\nbench_decoder: {time.perf_counter() - started:.0f} s")
 
 

@@ -111,7 +111,7 @@ class TrainConfig:
     patience: int
     early_stopping: Literal["bleu4", "loss"]
     num_samples: int  # sample captions logged every epoch
-    amp: Literal["auto", "off", "bf16", "fp16"]
+    amp: Literal["auto", "fp32", "bf16", "fp16"]  # not "off": YAML reads an unquoted off as false
     device: str
     seed: int
     resume: bool

@@ -45,6 +45,7 @@ from pipeline.utils import atomic_path, resolve_device, seed_everything
 from pipeline.vocab import read_captions
 
 METRICS_DIR = "metrics/train"  # dvclive: metrics.json and plots/metrics/*.tsv, declared in dvc.yaml
+SAMPLES_FILE = "samples.txt"  # greedy captions of a few validation images, every epoch
 # params that may change between an interrupted run and its resumption
 RESUMABLE_KEYS = {"epochs", "patience", "resume", "device", "num_samples", "out_dir", "log_dir"}
 
@@ -53,11 +54,23 @@ RESUMABLE_KEYS = {"epochs", "patience", "resume", "device", "num_samples", "out_
 # pieces
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bf16 runs faster."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def autocast_for(device: torch.device, amp: str) -> tuple[contextlib.AbstractContextManager, bool]:
-    """The autocast context for `train.amp`, and whether fp16 gradient scaling is needed."""
+    """The autocast context for `train.amp`, and whether fp16 gradient scaling is needed.
+
+    `auto` is bf16 on CUDA and on CPUs with native bf16 arithmetic, else full precision.
+    """
     if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "off"
-    if amp == "off":
+        amp = "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+    if amp == "fp32":
         return contextlib.nullcontext(), False
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype), amp == "fp16"
@@ -297,6 +310,9 @@ class EpochLog:
         self.config = config
         self.live = Live(METRICS_DIR, resume=resumed, save_dvc_exp=False, dvcyaml=None)
         self.writer = SummaryWriter(config.log_dir)
+        self.samples = Path(METRICS_DIR) / SAMPLES_FILE
+        if not resumed:
+            self.samples.unlink(missing_ok=True)
 
     def epoch(self, epoch: int, train_stats: dict[str, float], val_stats: dict[str, float], lr: float,
               samples: list[str], improved: bool) -> None:
@@ -308,6 +324,8 @@ class EpochLog:
         self.writer.add_scalar("train/tokens_per_s", train_stats["tokens_per_s"], epoch)
         self.writer.add_text("val/samples", "  \n".join(samples), epoch)
         self.live.next_step()
+        with self.samples.open("a", encoding="utf-8") as handle:
+            handle.write(f"epoch {epoch}\n" + "".join(f"  {sample}\n" for sample in samples))
         print(f"epoch {epoch}/{self.config.epochs}: train loss {train_stats['loss']:.3f}, val loss "
               f"{val_stats['loss']:.3f}, val BLEU-4 {val_stats['bleu4']:.3f}, "
               f"{train_stats['tokens_per_s']:.0f} tokens/s{' *' if improved else ''}", flush=True)

@@ -83,6 +83,8 @@ def test_repro_runs_every_stage_and_writes_outputs(project: Path, first_run: str
     train_metrics = json.loads((project / "metrics/train/metrics.json").read_text())
     assert train_metrics["epochs_run"] == 2
     assert (project / "metrics/train/plots/metrics/val/bleu4.tsv").is_file()
+    samples = (project / "metrics/train/samples.txt").read_text()
+    assert samples.startswith("epoch 1\n  img_") and "epoch 2\n" in samples
     # dvc sees the declared metrics and plots
     shown = run(["dvc", "metrics", "show", "--json"], project)
     assert "bleu4" in shown and "coverage" in shown

@@ -116,3 +116,20 @@ def test_two_processes_train_with_distributed_data_parallel(in_tiny_project: Pat
     checkpoint = torch.load(in_tiny_project / "runs/ddp/last.pt", weights_only=True)
     assert checkpoint["state"]["epoch"] == 2
     assert (in_tiny_project / "runs/ddp/best.pt").is_file()
+
+
+def test_autocast_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    context, scaled = train.autocast_for(cpu, "bf16")
+    with context:
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    assert scaled is False
+    assert train.autocast_for(cpu, "fp16")[1] is True  # fp16 needs gradient scaling
+    with train.autocast_for(cpu, "fp32")[0]:
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    with train.autocast_for(cpu, "auto")[0]:
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    with train.autocast_for(cpu, "auto")[0]:
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
