@@ -55,7 +55,7 @@ def test_load_section_builds_typed_values(tmp_path):
     assert train.epochs == 3 and train.amp == "bf16" and train.resume is True
     assert load_section(DatasetConfig, path).captions_per_image is None
     shapes = load_section(ShapesConfig, path)
-    assert shapes.colours == PARAMS["shapes"]["colours"] and shapes.object_size == [56, 84]
+    assert shapes.colours == PARAMS["shapes"]["colours"] and shapes.object_size == PARAMS["shapes"]["object_size"]
 
 
 def test_the_params_file_comes_from_the_environment(tmp_path, monkeypatch):
