@@ -139,52 +139,62 @@ class CaptionDecoder(nn.Module):
         """
         B, K, V = features.size(0), beam_size, self.config.vocab_size
         x, projected, h, c = self.prepare_features(features)
-        P = x.size(1)
+        P, device = x.size(1), x.device
         x, projected = x.repeat_interleave(K, 0), projected.repeat_interleave(K, 0)  # (B*K, P, E), (B*K, P, A)
         h, c = h.repeat_interleave(K, 0), c.repeat_interleave(K, 0)  # (B*K, H)
-        rows = torch.arange(B, device=x.device)
-        scores = torch.full((B, K), float("-inf"), device=x.device)
+        active = torch.arange(B, device=device)  # (n,) the images still searching, n <= B
+        scores = torch.full((B, K), float("-inf"), device=device)  # (n, K)
         scores[:, 0] = 0.0  # all beams start identical: expand only the first
-        words = torch.full((B * K,), start, dtype=torch.long, device=x.device)
-        sequences = torch.empty(B, K, 0, dtype=torch.long, device=x.device)  # (B, K, t)
-        attention = torch.empty(B, K, 0, P, device=x.device)  # (B, K, t, P)
-        best_scores = torch.full((B,), float("-inf"), device=x.device)
+        words = torch.full((B * K,), start, dtype=torch.long, device=device)  # (n*K,)
+        sequences = torch.empty(B, K, 0, dtype=torch.long, device=device)  # (n, K, t)
+        attention = torch.empty(B, K, 0, P, device=device)  # (n, K, t, P)
+        best_scores = torch.full((B,), float("-inf"), device=device)
         best_sequences: list[torch.Tensor | None] = [None] * B
         best_attention: list[torch.Tensor | None] = [None] * B
 
         for t in range(max_length):
+            n = active.numel()
             h, c, alpha = self.step(x, projected, self.word_gates(self.embedding(words)), h, c)
-            log_probs = F.log_softmax(self.output(h).float(), dim=1).view(B, K, V)
-            candidates = (scores.unsqueeze(2) + log_probs).view(B, K * V)
-            top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
-            source, word = top_index // V, top_index % V  # (B, 2K) beam each came from, its word
+            log_probs = F.log_softmax(self.output(h).float(), dim=1).view(n, K, V)
+            candidates = (scores.unsqueeze(2) + log_probs).view(n, K * V)
+            top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)  # (n, 2K)
+            source, word = top_index // V, top_index % V  # (n, 2K) beam each came from, its word
             is_end = word == end
-            in_beam = torch.arange(top_scores.size(1), device=x.device) < K  # (2K,) candidates that take a beam
+            in_beam = torch.arange(top_scores.size(1), device=device) < K  # (2K,) candidates that take a beam
 
             # finished hypotheses: keep each image's best
-            end_scores, end_position = top_scores.masked_fill(~(is_end & in_beam), float("-inf")).max(dim=1)  # (B,)
-            for b in torch.nonzero(end_scores > best_scores).flatten().tolist():
-                k = int(source[b, end_position[b]])
-                best_scores[b] = end_scores[b]
-                best_sequences[b] = sequences[b, k].clone()
-                best_attention[b] = torch.cat([attention[b, k], alpha.view(B, K, P)[b, k, None]])
+            end_scores, end_position = top_scores.masked_fill(~(is_end & in_beam), float("-inf")).max(dim=1)  # (n,)
+            for i in torch.nonzero(end_scores > best_scores[active]).flatten().tolist():
+                b, k = int(active[i]), int(source[i, end_position[i]])
+                best_scores[b] = end_scores[i]
+                best_sequences[b] = sequences[i, k].clone()
+                best_attention[b] = torch.cat([attention[i, k], alpha.view(n, K, P)[i, k, None]])
 
             # live beams: the K best candidates that did not end
-            scores, order = top_scores.masked_fill(is_end, float("-inf")).topk(K, dim=1)  # (B, K)
-            source, word = source.gather(1, order), word.gather(1, order)  # (B, K)
-            flat = (rows.unsqueeze(1) * K + source).view(-1)  # (B*K,) rows of the previous step
+            scores, order = top_scores.masked_fill(is_end, float("-inf")).topk(K, dim=1)  # (n, K)
+            source, word = source.gather(1, order), word.gather(1, order)  # (n, K)
+            flat = (torch.arange(n, device=device).unsqueeze(1) * K + source).view(-1)  # (n*K,) previous rows
             h, c, words = h[flat], c[flat], word.view(-1)
-            sequences = torch.cat([sequences.view(B * K, -1)[flat].view(B, K, -1), word.unsqueeze(2)], dim=2)
-            attention = torch.cat([attention.view(B * K, t, P)[flat].view(B, K, t, P),
-                                   alpha[flat].view(B, K, 1, P)], dim=2)
-            if bool((best_scores >= scores[:, 0]).all()):
-                break
+            sequences = torch.cat([sequences.view(n * K, -1)[flat].view(n, K, -1), word.unsqueeze(2)], dim=2)
+            attention = torch.cat([attention.view(n * K, t, P)[flat].view(n, K, t, P),
+                                   alpha[flat].view(n, K, 1, P)], dim=2)
 
-        for b in range(B):
-            if best_sequences[b] is None:  # no beam ever emitted END
-                best_scores[b] = scores[b, 0]
-                best_sequences[b] = sequences[b, 0]
-                best_attention[b] = attention[b, 0]
+            # an image is done once no live beam can beat its best finished caption
+            searching = best_scores[active] < scores[:, 0]  # (n,)
+            if not bool(searching.any()):
+                break
+            if int(searching.sum()) <= 3 * n // 4:  # drop finished images, in steps worth a copy
+                keep = torch.nonzero(searching).flatten()  # (n',)
+                beam_rows = (keep.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)  # (n'*K,)
+                x, projected, h, c, words = (x[beam_rows], projected[beam_rows], h[beam_rows], c[beam_rows],
+                                             words[beam_rows])
+                active, scores, sequences, attention = active[keep], scores[keep], sequences[keep], attention[keep]
+
+        for i, b in enumerate(active.tolist()):
+            if best_sequences[b] is None:  # no beam ever emitted END: the best live one, max_length words
+                best_scores[b] = scores[i, 0]
+                best_sequences[b] = sequences[i, 0]
+                best_attention[b] = attention[i, 0]
         tokens = [seq.tolist() for seq in best_sequences]  # type: ignore[union-attr]
         alphas = [a[: len(seq)].cpu() for a, seq in zip(best_attention, tokens)]  # type: ignore[index]
         return tokens, alphas, best_scores
