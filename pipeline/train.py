@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -173,10 +174,21 @@ def greedy_captions(model: CaptionDecoder, features: FeatureMatrix, names: list[
     return results
 
 
+def pipeline_sources() -> list[Path]:
+    """The source files of every pipeline module this process has imported, this one included."""
+    imported = {Path(module.__file__).resolve() for name, module in list(sys.modules.items())
+                if name.split(".")[0] == "pipeline" and getattr(module, "__file__", None)}
+    return sorted(imported | {Path(__file__).resolve()})  # run as `-m`, this module is __main__
+
+
 def fingerprint(paths: list[Path], store: FeatureStore, *configs: Any) -> str:
-    """Identity of the training inputs and params, so a stale last.pt is never resumed."""
+    """Identity of the training code, inputs and params, so a stale last.pt is never resumed.
+
+    A rerun resumes only what an interruption stopped: after a change of the code, the data or a
+    param other than RESUMABLE_KEYS, training starts afresh, as DVC expects of a changed stage.
+    """
     digest = hashlib.sha256()
-    for path in paths:
+    for path in [*pipeline_sources(), *paths]:
         digest.update(path.read_bytes())
     digest.update("\n".join(store.names).encode())
     digest.update(json.dumps(store.attrs, sort_keys=True, default=str).encode())

@@ -448,3 +448,15 @@ def test_main_failing_leaves_the_previous_outputs_untouched(tmp_path, monkeypatc
         prep.main()
     assert (tmp_path / "data/prepared/captions.csv").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["prepared"]
+
+
+def test_validation_is_carved_from_train_keeping_the_test_split() -> None:
+    """The seed's 80/20 train/test split stays reproducible: adding a val split takes it from train."""
+    images = [f"{i:05d}.jpg" for i in range(1000)]
+    two_way = prep.random_split(images, {"train": 0.8, "test": 0.2}, seed=7)
+    three_way = prep.random_split(images, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=7)
+    test_two = {i for i, s in two_way.items() if s == "test"}
+    assert len(test_two) == 200
+    assert test_two == {i for i, s in three_way.items() if s == "test"}
+    val = {i for i, s in three_way.items() if s == "val"}
+    assert len(val) == 100 and all(two_way[i] == "train" for i in val)

@@ -133,3 +133,8 @@ def test_autocast_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
     with train.autocast_for(cpu, "auto")[0]:
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_the_fingerprint_covers_the_training_code() -> None:
+    sources = {path.name for path in train.pipeline_sources()}
+    assert {"train.py", "model.py", "data.py", "feature_store.py", "config.py"} <= sources
