@@ -269,7 +269,7 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
             if rank == 0:
                 print(f"train: resuming from {last_path} after epoch {state['epoch']}")
         elif rank == 0:
-            print(f"train: {last_path} was made from other inputs or params; starting afresh")
+            print(f"train: {last_path} was made from other code, inputs or params; starting afresh")
     network = model
     if world_size > 1:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

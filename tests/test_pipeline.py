@@ -88,6 +88,9 @@ def test_repro_runs_every_stage_and_writes_outputs(project: Path, first_run: str
     # dvc sees the declared metrics and plots
     shown = run(["dvc", "metrics", "show", "--json"], project)
     assert "bleu4" in shown and "coverage" in shown
+    assert "samples.txt" not in shown and ".tsv" not in shown  # only the declared metrics files
+    plots = run(["dvc", "plots", "show", "--json"], project)
+    assert '"bleu4": [{"type": "vega"' in plots and '"loss": [{"type": "vega"' in plots  # the top-level plots
 
 
 def test_second_repro_runs_nothing(project: Path, first_run: str) -> None:
