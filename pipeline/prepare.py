@@ -533,12 +533,23 @@ def check_dropped(report: dict[str, Any]) -> None:
                        "dataset.max_dropped_fraction if this loss is expected. Nothing was written.")
 
 
+def _nonzero(entries: dict[str, dict[str, Any]], unit: str) -> str:
+    """'reason N, reason N' for the reasons that occurred."""
+    return ", ".join(f"{reason} {entry[unit]}" for reason, entry in entries.items() if entry[unit])
+
+
 def summary(report: dict[str, Any]) -> str:
-    """One line: format, images/captions per split, dropped count and fraction."""
+    """One line: format, images/captions per split, what was dropped, fixed and reported, and why."""
     splits = ", ".join(f"{split} {counts['images']} images / {counts['captions']} captions"
                        for split, counts in report["splits"].items())
-    return (f"prepare: {report['format']}: {splits}; dropped {report['dropped_captions']} of "
+    line = (f"prepare: {report['format']}: {splits}; dropped {report['dropped_captions']} of "
             f"{report['lines_read']} caption lines ({report['dropped_fraction']:.2%})")
+    for label, key, unit in (("dropped", "dropped", "captions"), ("fixed", "fixed", "lines"),
+                             ("reported", "reported", "images")):
+        reasons = _nonzero(report[key], unit)
+        if reasons:
+            line += f"; {label}: {reasons}"
+    return line
 
 
 # ----------------------------------------------------------------------------------------------

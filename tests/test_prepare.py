@@ -158,6 +158,13 @@ def test_flickr8k_token_with_split_lists_drops_and_reports_every_problem(tmp_pat
                                 "test": {"images": 1, "captions": 5}}
     assert report["total"] == {"images": 4, "captions": 20}
 
+    line = prep.summary(report)
+    assert "dropped 13 of 33 caption lines (39.39%)" in line
+    assert ("dropped: malformed_line 1, missing_image 2, image_not_in_any_split 5, unreadable_image 3, "
+            "empty_caption 1, duplicate_caption 1") in line
+    assert "fixed: non_utf8_line 1" in line and "crlf_line_end 34" in line
+    assert "reported: wrong_caption_count 2" in line
+
 
 def test_check_images_false_keeps_undecodable_files(tmp_path):
     token, _, split_files = messy_token_dataset(tmp_path)
