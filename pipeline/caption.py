@@ -20,11 +20,11 @@ import torch
 from pipeline.config import ConfigError, EvaluateConfig, TrainConfig, load_section, params_path
 from pipeline.encoder import build_encoder, encode, load_image
 from pipeline.figures import draw_attention
-from pipeline.model import load_checkpoint
+from pipeline.model import BEST_CHECKPOINT, load_checkpoint
 from pipeline.text import Vocabulary
 from pipeline.utils import resolve_device
 
-FALLBACK = {"checkpoint": "data/train/best.pt", "beam_size": 3, "max_length": 30}
+FALLBACK = {"checkpoint": f"data/train/{BEST_CHECKPOINT}", "beam_size": 3, "max_length": 30}
 
 
 def defaults() -> dict[str, object]:
@@ -32,7 +32,7 @@ def defaults() -> dict[str, object]:
     if not params_path().is_file():
         return dict(FALLBACK)
     train, evaluate = load_section(TrainConfig), load_section(EvaluateConfig)
-    return {"checkpoint": str(Path(train.out_dir) / "best.pt"), "beam_size": evaluate.beam_size,
+    return {"checkpoint": str(Path(train.out_dir) / BEST_CHECKPOINT), "beam_size": evaluate.beam_size,
             "max_length": evaluate.max_length}
 
 
@@ -54,7 +54,7 @@ def caption_files(images: Sequence[Path], checkpoint: Path, beam_size: int, max_
     results = []
     for start in range(0, len(images), batch_size):
         pixels = torch.stack([load_image(path, size) for path in images[start:start + batch_size]])  # (B, 3, S, S)
-        features = encode(encoder, pixels, device).to(device)  # (B, P, E)
+        features = encode(encoder, pixels, device)  # (B, P, E), already on the device
         tokens, alphas, _ = model.generate(features, vocabulary.start, vocabulary.end, beam_size, max_length)
         results += [([vocabulary.words[i] for i in sequence], alpha) for sequence, alpha in zip(tokens, alphas)]
     return results

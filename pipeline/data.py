@@ -1,4 +1,4 @@
-"""Captions as tensors over the cached features, batching, and feature statistics.
+"""Captions as tensors over the cached features, batching, feature statistics, batched captioning.
 
 Shared by train and evaluate. Dimension names as in `pipeline.model` (M captions, N images).
 """
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,9 @@ import torch
 
 from pipeline.feature_store import FeatureStore
 from pipeline.text import Vocabulary, tokenize
+
+if TYPE_CHECKING:
+    from pipeline.model import CaptionDecoder
 
 BUCKET_BATCHES = 50  # captions are sorted by length within windows of this many batches
 
@@ -76,9 +79,8 @@ class FeatureMatrix:
         self.store, self.device = store, device
         self.names = sorted(set(names))
         self.rows = {name: i for i, name in enumerate(self.names)}  # local row of each image
-        self._store_rows = np.array([store.index[name] for name in self.names])
-        need = len(self.names) * store.num_regions * store.feature_dim * store.itemsize
-        self.resident = need <= memory_fraction * available_memory(device)
+        self._store_rows = np.array(store.rows_of(self.names))
+        self.resident = store.fits_in_memory(int(memory_fraction * available_memory(device)), len(self.names))
         self._data = store.load(self._store_rows).to(device) if self.resident else None  # (N, P, E)
 
     def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
@@ -101,3 +103,17 @@ class FeatureMatrix:
         mean = total / count
         std = (squares / count - mean * mean).clamp_min(0).sqrt()
         return mean.float(), std.float()
+
+
+def caption_images(model: "CaptionDecoder", features: FeatureMatrix, names: Sequence[str], vocabulary: Vocabulary,
+                   beam_size: int, max_length: int, batch_size: int) -> dict[str, tuple[list[str], torch.Tensor]]:
+    """{image: (words, attention (L, P))} by batched beam search (greedy with beam_size 1)."""
+    model.eval()
+    results = {}
+    for start in range(0, len(names), batch_size):
+        chunk = list(names[start:start + batch_size])
+        rows = torch.tensor([features.rows[n] for n in chunk])
+        tokens, alphas, _ = model.generate(features[rows], vocabulary.start, vocabulary.end, beam_size, max_length)
+        for name, sequence, alpha in zip(chunk, tokens, alphas):
+            results[name] = ([vocabulary.words[i] for i in sequence], alpha)
+    return results

@@ -21,9 +21,9 @@ import numpy as np
 from gensim.models import KeyedVectors, Word2Vec
 
 from pipeline.config import DatasetConfig, EmbeddingsConfig, VocabConfig, load_section
+from pipeline.prepared import read_captions
 from pipeline.text import PAD, SPECIAL_TOKENS, Vocabulary, tokenize
 from pipeline.utils import atomic_path, write_json
-from pipeline.vocab import read_captions
 
 
 def train_word2vec(sentences: list[list[str]], dim: int, window: int, epochs: int, seed: int) -> KeyedVectors:
@@ -86,17 +86,14 @@ def main() -> None:
             raise ValueError(f"{config.pretrained}: word vectors have {vectors.vector_size} dimensions but "
                              f"embeddings.dim is {config.dim}; set embeddings.dim to match the pretrained file")
         source = config.pretrained
-
-        def lookup(word: str) -> np.ndarray | None:
-            form = next((v for v in case_variants(word) if v in vectors.key_to_index), None)
-            return None if form is None else vectors[form]
     else:
         sentences = [tokenize(c) for c in read_captions(dataset.out_dir, "train")["caption"]]
         vectors = train_word2vec(sentences, config.dim, config.window, config.epochs, config.seed)
-        source = "word2vec trained on the training captions"
+        source = "word2vec trained on the training captions"  # every vocabulary word is in it as is
 
-        def lookup(word: str) -> np.ndarray | None:
-            return vectors[word] if word in vectors.key_to_index else None
+    def lookup(word: str) -> np.ndarray | None:
+        form = next((v for v in case_variants(word) if v in vectors.key_to_index), None)
+        return None if form is None else vectors[form]
 
     matrix, stats = embedding_matrix(vocabulary.words, lookup, config.dim, config.seed)
     stats["coverage"] = stats["found"] / max(stats["vocabulary_words"], 1)

@@ -93,7 +93,7 @@ class Encoder(nn.Module):
 
 def encode(encoder: Encoder, images: torch.Tensor, device: torch.device,
            dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Features (B, P, E) of a pixel batch (B, 3, S, S), returned on the CPU as `dtype`.
+    """Features (B, P, E) of a pixel batch (B, 3, S, S), as `dtype`, left on `device`.
 
     Computed on `device` (where `encoder.to_device` put the encoder); on CUDA from channels_last
     input under bf16 autocast, the normalisation itself in float32.
@@ -103,7 +103,7 @@ def encode(encoder: Encoder, images: torch.Tensor, device: torch.device,
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         features = encoder(images)  # (B, P, E)
-    return features.to(dtype).cpu()
+    return features.to(dtype)
 
 
 def build_encoder(architecture: str, weights: str) -> Encoder:

@@ -23,29 +23,16 @@ import torch
 from PIL import Image
 
 from pipeline.config import DatasetConfig, EncoderConfig, EvaluateConfig, TrainConfig, load_section
-from pipeline.data import FeatureMatrix, references_by_image
-from pipeline.feature_store import FeatureStore
+from pipeline.data import FeatureMatrix, caption_images, references_by_image
+from pipeline.feature_store import FeatureStore, features_path
 from pipeline.figures import attention_grid, draw_attention
-from pipeline.model import CaptionDecoder, load_checkpoint
+from pipeline.model import BEST_CHECKPOINT, load_checkpoint
+from pipeline.prepared import captions_path, read_captions
 from pipeline.scoring import bleu4, coco_scores, require_java
 from pipeline.text import Vocabulary
 from pipeline.utils import atomic_path, resolve_device, write_json
-from pipeline.vocab import read_captions
 
 METRICS_FILE = "metrics/evaluate.json"
-
-
-def caption_images(model: CaptionDecoder, features: FeatureMatrix, names: Sequence[str], vocabulary: Vocabulary,
-                   beam_size: int, max_length: int, batch_size: int) -> dict[str, tuple[list[str], torch.Tensor]]:
-    """{image: (words, attention (L, P))} by batched beam search."""
-    results = {}
-    for start in range(0, len(names), batch_size):
-        chunk = list(names[start:start + batch_size])
-        rows = torch.tensor([features.rows[n] for n in chunk])
-        tokens, alphas, _ = model.generate(features[rows], vocabulary.start, vocabulary.end, beam_size, max_length)
-        for name, sequence, alpha in zip(chunk, tokens, alphas):
-            results[name] = ([vocabulary.words[i] for i in sequence], alpha)
-    return results
 
 
 def peak_point(alpha: torch.Tensor, width: float, height: float) -> tuple[float, float]:
@@ -98,14 +85,14 @@ def main() -> None:
     train_config, config = load_section(TrainConfig), load_section(EvaluateConfig)
     require_java()  # fail before the slow part, not after it
     device = resolve_device(config.device)
-    model, payload = load_checkpoint(Path(train_config.out_dir) / "best.pt", device)
+    model, payload = load_checkpoint(Path(train_config.out_dir) / BEST_CHECKPOINT, device)
     vocabulary = Vocabulary(tuple(payload["vocabulary"]))
     table = read_captions(dataset.out_dir, config.split)
     if table.empty:
-        raise ValueError(f"no {config.split} captions in {dataset.out_dir}/captions.csv; check evaluate.split")
+        raise ValueError(f"no {config.split} captions in {captions_path(dataset.out_dir)}; check evaluate.split")
     references = references_by_image(table)
     names = sorted(references)
-    features = FeatureMatrix(FeatureStore(Path(encoder_config.out_dir) / "features.h5"), names, device)
+    features = FeatureMatrix(FeatureStore(features_path(encoder_config.out_dir)), names, device)
 
     with torch.no_grad():
         beam = caption_images(model, features, names, vocabulary, config.beam_size, config.max_length, config.batch_size)
@@ -123,15 +110,15 @@ def main() -> None:
                 sizes[n] = image.size  # (width, height): boxes are in the original image's pixels
         metrics.update(attention_correctness(beam, objects, sizes))
 
-    out_dir = Path(config.out_dir)
     predictions = [{"image": n, "caption": hypotheses[n], "greedy": " ".join(greedy[n][0]),
                     "references": references[n]} for n in names]
-    write_json(out_dir / "predictions.json", predictions)
-    with atomic_path(out_dir / "attention") as tmp:
-        tmp.mkdir()
+    with atomic_path(config.out_dir) as tmp:  # predictions and figures replace the old ones together
+        (tmp / "attention").mkdir(parents=True)
+        write_json(tmp / "predictions.json", predictions)
         for n in names[:config.num_figures]:
             words, alphas = beam[n]
-            draw_attention(images_dir / n, words, alphas, tmp / f"{Path(n).stem}.png", title=hypotheses[n])
+            draw_attention(images_dir / n, words, alphas, tmp / "attention" / f"{Path(n).stem}.png",
+                           title=hypotheses[n])
     write_json(METRICS_FILE, metrics)
     shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("bleu1", "bleu4", "meteor", "rouge_l", "cider")
                       + (("attention_correctness",) if config.objects else ()))

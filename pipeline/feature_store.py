@@ -114,9 +114,10 @@ class FeatureStore:
         """Bytes the whole cache takes in memory."""
         return math.prod(self.shape) * self.itemsize
 
-    def fits_in_memory(self, budget_bytes: int) -> bool:
-        """Whether `load()` of the whole cache stays within `budget_bytes`."""
-        return self.nbytes <= budget_bytes
+    def fits_in_memory(self, budget_bytes: int, num_rows: int | None = None) -> bool:
+        """Whether `load()` of the whole cache (or of `num_rows` rows) stays within `budget_bytes`."""
+        rows = len(self) if num_rows is None else num_rows
+        return rows * self.num_regions * self.feature_dim * self.itemsize <= budget_bytes
 
     def rows_of(self, names: Sequence[str]) -> list[int]:
         """Rows of the named images, with an error naming the first one that is not cached."""

@@ -19,7 +19,6 @@ output before a rerun.)
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import time
@@ -39,9 +38,9 @@ from pipeline.config import DatasetConfig, EncoderConfig, load_section
 from pipeline.encoder import (FEATURE_DIM, STRIDE, Encoder, ImageReadError, build_encoder, encode, encoder_info,
                               load_image)
 from pipeline.feature_store import FEATURES, IMAGES, create_layout, features_path, plain_attr
+from pipeline.prepared import captions_path, read_captions
 from pipeline.utils import atomic_path, resolve_device
 
-PREPARED_TABLE = "captions.csv"
 DONE = "done"  # (N,) bool dataset of the partial file: which rows hold finished features
 MAX_PENDING_WRITES = 2  # batches waiting for the writer thread; bounds the memory they hold
 MERGE_ROWS = 256  # rows copied at a time when merging the ranks' files
@@ -55,18 +54,11 @@ class FeatureExtractionError(RuntimeError):
 # the image list and its shares
 
 
-def read_image_list(table: Path) -> list[str]:
+def read_image_list(prepared_dir: str | Path) -> list[str]:
     """The unique image names of the prepared captions table, sorted."""
-    if not table.is_file():
-        raise FileNotFoundError(f"{table} not found; run the prepare stage first (`dvc repro prepare`)")
-    with table.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "image" not in reader.fieldnames:
-            raise FeatureExtractionError(f"{table} has no 'image' column (header: {reader.fieldnames}); "
-                                         f"rerun `dvc repro prepare`")
-        names = sorted({row["image"] for row in reader})
+    names = sorted(set(read_captions(prepared_dir)["image"]))
     if not names:
-        raise FeatureExtractionError(f"{table} lists no images; check the prepare stage's report")
+        raise FeatureExtractionError(f"{captions_path(prepared_dir)} lists no images; check the prepare stage's report")
     return names
 
 
@@ -172,7 +164,7 @@ def extract(encoder: Encoder, files: ImageFiles, store: h5py.File, batch_size: i
         pending: deque[Future[None]] = deque()
         for rows, images, errors in loader:
             ok = np.array([not error for error in errors])
-            features = encode(encoder, images, device, dtype).numpy()  # (B, P, E)
+            features = encode(encoder, images, device, dtype).cpu().numpy()  # (B, P, E)
             # the write of this batch overlaps the decoding and encoding of the next
             pending.append(writer.submit(write_rows, store, rows.numpy(), features, ok))
             encoded += int(ok.sum())
@@ -251,7 +243,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # pinned-memory and NCCL work stay on this rank's GPU
 
-    names = read_image_list(Path(dataset.out_dir) / PREPARED_TABLE)
+    names = read_image_list(dataset.out_dir)
     encoder = build_encoder(config.architecture, config.weights).to_device(device)
     attrs = {**encoder_info(config.architecture, config.weights, config.image_size), "dtype": config.dtype}
     num_regions = (config.image_size // STRIDE) ** 2

@@ -218,6 +218,9 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, alphas: torch.Tens
 # ----------------------------------------------------------------------------------------------
 # checkpoints: a state dict plus what is needed to rebuild the model, loadable with weights_only
 
+BEST_CHECKPOINT = "best.pt"  # in train.out_dir: the epoch that evaluate and caption use
+
+
 
 def checkpoint_payload(model: CaptionDecoder, vocabulary: list[str], encoder: dict[str, Any],
                        **extra: Any) -> dict[str, Any]:

@@ -43,12 +43,12 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import DatasetConfig, load_section
+from pipeline.prepared import CAPTIONS_FILE, write_captions
 from pipeline.text import normalise
 from pipeline.utils import atomic_path, write_json
 
 SPLITS = ("train", "val", "test")
 FORMATS = ("flickr_token", "csv", "pipe", "karpathy")
-CAPTIONS_FILE = "captions.csv"
 REPORT_FILE = "report.json"
 MAX_EXAMPLES = 5  # examples kept per reason in the report
 MAX_EXAMPLE_CHARS = 200
@@ -605,10 +605,7 @@ def write_outputs(out_dir: Path, prepared: Prepared) -> None:
     """Write captions.csv and report.json into `out_dir`, replacing it in one rename."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        with open(tmp / CAPTIONS_FILE, "w", encoding="utf-8", newline="") as file:
-            writer = csv.writer(file, lineterminator="\n")
-            writer.writerow(("image", "split", "caption"))
-            writer.writerows(prepared.rows)
+        write_captions(tmp / CAPTIONS_FILE, prepared.rows)
         write_json(tmp / REPORT_FILE, prepared.report)
 
 

@@ -15,7 +15,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)  # their indices are 0, 1, 2, 3 in every vocabulary
@@ -46,27 +46,15 @@ class Vocabulary:
     """Word <-> index mapping; the special tokens come first, in SPECIAL_TOKENS order."""
 
     words: tuple[str, ...]
+    pad: ClassVar[int] = SPECIAL_TOKENS.index(PAD)
+    start: ClassVar[int] = SPECIAL_TOKENS.index(START)
+    end: ClassVar[int] = SPECIAL_TOKENS.index(END)
+    unk: ClassVar[int] = SPECIAL_TOKENS.index(UNK)
 
     def __post_init__(self) -> None:
         if tuple(self.words[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(f"a vocabulary must start with {SPECIAL_TOKENS}, got {self.words[:4]}")
         object.__setattr__(self, "_index", {w: i for i, w in enumerate(self.words)})
-
-    @property
-    def pad(self) -> int:
-        return 0
-
-    @property
-    def start(self) -> int:
-        return 1
-
-    @property
-    def end(self) -> int:
-        return 2
-
-    @property
-    def unk(self) -> int:
-        return 3
 
     def __len__(self) -> int:
         return len(self.words)

@@ -37,13 +37,14 @@ from torch.utils.tensorboard import SummaryWriter
 
 from pipeline.config import (DatasetConfig, EmbeddingsConfig, EncoderConfig, ModelConfig, TrainConfig,
                              VocabConfig, load_section)
-from pipeline.data import EncodedCaptions, FeatureMatrix, bucket_batches, encode_captions, references_by_image
-from pipeline.feature_store import FeatureStore, plain_attr
-from pipeline.model import CaptionDecoder, DecoderConfig, caption_loss, checkpoint_payload
+from pipeline.data import (EncodedCaptions, FeatureMatrix, bucket_batches, caption_images, encode_captions,
+                           references_by_image)
+from pipeline.feature_store import FeatureStore, features_path
+from pipeline.model import BEST_CHECKPOINT, CaptionDecoder, DecoderConfig, caption_loss, checkpoint_payload
+from pipeline.prepared import captions_path, read_captions
 from pipeline.scoring import bleu4
 from pipeline.text import Vocabulary
 from pipeline.utils import atomic_path, resolve_device, seed_everything
-from pipeline.vocab import read_captions
 
 METRICS_DIR = "metrics/train"  # dvclive: metrics.json and plots/metrics/*.tsv, declared in dvc.yaml
 SAMPLES_FILE = "samples.txt"  # greedy captions of a few validation images, every epoch
@@ -130,7 +131,7 @@ def run_epoch(model: CaptionDecoder, features: FeatureMatrix, captions: EncodedC
     model.train(training)
     network = network or model
     autocast, _ = autocast_for(device, config.amp)
-    totals = {"loss": 0.0, "cross_entropy": 0.0}
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # summed over real tokens: loss, cross-entropy
     tokens_seen, started = 0, time.perf_counter()
     for batch in batches:
         length = int(captions.lengths[batch].max())
@@ -153,25 +154,12 @@ def run_epoch(model: CaptionDecoder, features: FeatureMatrix, captions: EncodedC
                 scaler.update()
             else:
                 optimizer.step()
-        real = int((tokens[:, 1:] != model.config.pad_index).sum())
-        totals["loss"] += float(loss.detach()) * real
-        totals["cross_entropy"] += float(cross_entropy.detach()) * real
+        real = int((captions.lengths[batch] - 1).sum())  # targets that are not PAD, counted on the host
+        totals += torch.stack([loss.detach(), cross_entropy.detach()]).double() * real  # stays on the device
         tokens_seen += real
+    loss, cross_entropy = (totals / max(tokens_seen, 1)).tolist()  # the epoch's one synchronisation
     seconds = time.perf_counter() - started
-    return {**{k: v / max(tokens_seen, 1) for k, v in totals.items()}, "tokens_per_s": tokens_seen / seconds}
-
-
-def greedy_captions(model: CaptionDecoder, features: FeatureMatrix, names: list[str], vocabulary: Vocabulary,
-                    max_length: int, batch_size: int = 256) -> dict[str, str]:
-    """Greedy captions for the named images, batched."""
-    model.eval()
-    results = {}
-    for start in range(0, len(names), batch_size):
-        chunk = names[start:start + batch_size]
-        rows = torch.tensor([features.rows[n] for n in chunk])
-        tokens, _, _ = model.generate(features[rows], vocabulary.start, vocabulary.end, 1, max_length)
-        results.update({n: " ".join(vocabulary.decode(t)) for n, t in zip(chunk, tokens)})
-    return results
+    return {"loss": loss, "cross_entropy": cross_entropy, "tokens_per_s": tokens_seen / seconds}
 
 
 def pipeline_sources() -> list[Path]:
@@ -230,17 +218,18 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
 
     vocab_path = Path(vocab_config.out_dir) / "vocab.json"
     embeddings_path = Path(embeddings_config.out_dir) / "embeddings.npy"
-    captions_path = Path(dataset.out_dir) / "captions.csv"
+    table_path = captions_path(dataset.out_dir)
     vocabulary = Vocabulary.from_json(vocab_path)
-    store = FeatureStore(Path(encoder_config.out_dir) / "features.h5")
+    store = FeatureStore(features_path(encoder_config.out_dir))
     table = read_captions(dataset.out_dir)
     train_table, val_table = table[table["split"] == "train"], table[table["split"] == "val"]
     if train_table.empty or val_table.empty:
-        raise ValueError(f"{captions_path} needs train and val captions (early stopping uses val); "
+        raise ValueError(f"{table_path} needs train and val captions (early stopping uses val); "
                          "check dataset.split_ratios / split_files")
     features = FeatureMatrix(store, pd.concat([train_table, val_table])["image"], device)
     train_set = encode_captions(train_table, vocabulary, features.rows, vocab_config.max_caption_length)
     val_set = encode_captions(val_table, vocabulary, features.rows, vocab_config.max_caption_length)
+    val_batches = bucket_batches(val_set.lengths, config.batch_size, torch.Generator().manual_seed(0))
     val_references = references_by_image(val_table)
     val_names = sorted(val_references)
 
@@ -252,11 +241,10 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_epochs, config.lr_gamma)
     _, needs_scaler = autocast_for(device, config.amp)
     scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
-    encoder_info = {k: plain_attr(v) for k, v in store.attrs.items()}
-    identity = fingerprint([vocab_path, embeddings_path, captions_path], store, model_config, config)
+    identity = fingerprint([vocab_path, embeddings_path, table_path], store, model_config, config)
 
     state = {"epoch": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0}
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    last_path, best_path = out_dir / "last.pt", out_dir / BEST_CHECKPOINT
     resumed = False
     if config.resume and last_path.is_file():
         last = torch.load(last_path, map_location=device, weights_only=True)
@@ -284,9 +272,10 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
         train_stats = run_epoch(model, features, train_set, shard(batches, rank, world_size), config, device,
                                 optimizer, scaler, network)
         with torch.no_grad():  # every process validates the same (synchronised) weights: same decisions
-            val_batches = bucket_batches(val_set.lengths, config.batch_size, torch.Generator().manual_seed(0))
             val_stats = run_epoch(model, features, val_set, val_batches, config, device)
-            hypotheses = greedy_captions(model, features, val_names, vocabulary, vocab_config.max_caption_length)
+            greedy = caption_images(model, features, val_names, vocabulary, 1, vocab_config.max_caption_length,
+                                    batch_size=256)
+        hypotheses = {name: " ".join(words) for name, (words, _) in greedy.items()}
         val_stats["bleu4"] = bleu4(val_references, hypotheses)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -300,7 +289,7 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
         if log is None:
             continue
         if improved:
-            save(best_path, checkpoint_payload(model, vocabulary.words, encoder_info, epoch=epoch + 1,
+            save(best_path, checkpoint_payload(model, vocabulary.words, store.attrs, epoch=epoch + 1,
                                                val_bleu4=val_stats["bleu4"], val_loss=val_stats["loss"]))
         save(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "state": state, "fingerprint": identity})

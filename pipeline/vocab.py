@@ -14,9 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-import pandas as pd
-
 from pipeline.config import DatasetConfig, VocabConfig, load_section
+from pipeline.prepared import captions_path, read_captions
 from pipeline.text import SPECIAL_TOKENS, Vocabulary, tokenize
 from pipeline.utils import atomic_path
 
@@ -37,20 +36,11 @@ def build_vocabulary(captions: Iterable[str], min_count: int) -> tuple[Vocabular
     return Vocabulary((*SPECIAL_TOKENS, *kept)), counts
 
 
-def read_captions(prepared_dir: str | Path, split: str | None = None) -> pd.DataFrame:
-    """The prepared captions table (image, split, caption), optionally one split only."""
-    path = Path(prepared_dir) / "captions.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: prepared captions not found; run `dvc repro prepare` first")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    return table if split is None else table[table["split"] == split].reset_index(drop=True)
-
-
 def main() -> None:
     dataset, config = load_section(DatasetConfig), load_section(VocabConfig)
     train = read_captions(dataset.out_dir, "train")
     if train.empty:
-        raise ValueError(f"{dataset.out_dir}/captions.csv has no training captions; check dataset.split_ratios")
+        raise ValueError(f"{captions_path(dataset.out_dir)} has no training captions; check dataset.split_ratios")
     vocabulary, counts = build_vocabulary(train["caption"], config.min_count)
     covered = sum(n for w, n in counts.items() if w in vocabulary)
     with atomic_path(Path(config.out_dir) / "vocab.json") as tmp:

@@ -99,8 +99,3 @@ def test_main_fails_without_training_captions(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no training captions"):
         vocab.main()
     assert not (tmp_path / "vocab" / "vocab.json").exists()
-
-
-def test_read_captions_names_a_missing_table(tmp_path):
-    with pytest.raises(FileNotFoundError, match="captions.csv"):
-        vocab.read_captions(tmp_path / "nowhere", "train")

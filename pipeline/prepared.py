@@ -1,0 +1,41 @@
+"""The prepared captions table, `{dataset.out_dir}/captions.csv`: prepare writes it, every later stage reads it.
+
+Columns: `image` (path under `dataset.images`), `split` (train, val or test) and `caption`
+(normalised by `pipeline.text.normalise`). One row per caption.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+CAPTIONS_FILE = "captions.csv"
+COLUMNS = ("image", "split", "caption")
+
+
+def captions_path(prepared_dir: str | Path) -> Path:
+    """Where the table lives inside prepare's output folder."""
+    return Path(prepared_dir) / CAPTIONS_FILE
+
+
+def write_captions(path: Path, rows: Iterable[tuple[str, str, str]]) -> None:
+    """Write (image, split, caption) rows with a header."""
+    with open(path, "w", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+
+
+def read_captions(prepared_dir: str | Path, split: str | None = None) -> pd.DataFrame:
+    """The table (image, split, caption) as strings, optionally one split only."""
+    path = captions_path(prepared_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prepared captions not found; run `dvc repro prepare` first")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)  # a caption "nan" stays a word
+    missing = [column for column in COLUMNS if column not in table.columns]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)} column (header: {list(table.columns)}); "
+                         "rerun `dvc repro prepare`")
+    return table if split is None else table[table["split"] == split].reset_index(drop=True)
