@@ -1,150 +1,227 @@
-"""Typed configuration: one dataclass per params.yaml section.
+"""Typed configuration: one model per params.yaml section, each key with its type and valid range.
 
-`load_section(ShapesConfig)` reads `params.yaml` (or the file named by the `PIPELINE_PARAMS`
-environment variable) and builds the dataclass for that section. A missing, unknown or wrongly
-typed key raises `ConfigError` naming the key and the file, so a typo in params.yaml stops the
-stage before it does any work.
+`load_section(TrainConfig)` reads `params.yaml` (or the file named by `$PIPELINE_PARAMS`) and
+builds that section's model. A missing, unknown, misspelt, wrongly typed or out-of-range key, or a
+key written twice, raises `ConfigError` with one line naming the file, the key, the value and
+what is valid, before the stage does any work. The checks live next to the fields they check
+(pydantic `Field` bounds, and a validator per section for the rules that tie keys together).
+
+Every path the pipeline reads or writes is a key here; dvc.yaml refers to the same keys.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-import types
-import typing
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 PARAMS_ENV = "PIPELINE_PARAMS"
 DEFAULT_PARAMS = "params.yaml"
+SPLITS = ("train", "val", "test")
+Split = Literal["train", "val", "test"]
+
+# what the demo can draw (pipeline.stages.shapes)
+DEMO_COLOURS = {
+    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40),
+    "white": (245, 245, 245), "purple": (150, 60, 190), "orange": (245, 140, 30), "cyan": (40, 210, 220),
+}
+DEMO_SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 
 
 class ConfigError(ValueError):
     """A params.yaml key is missing, unknown, or of the wrong type or value."""
 
 
-# ----------------------------------------------------------------------------------------------
-# sections
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` (no decimal point) as a string: accept it as the number it spells."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
-@dataclasses.dataclass(frozen=True)
-class ShapesConfig:
+def _device(value: Any) -> Any:
+    if isinstance(value, str) and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise ValueError(f"'{value}' is not a device; use auto, cpu, cuda or cuda:N")
+    return value
+
+
+Real = Annotated[float, BeforeValidator(_number)]
+Path_ = Annotated[str, Field(min_length=1)]
+Device = Annotated[str, BeforeValidator(_device)]
+
+
+class Section(BaseModel):
+    """A params.yaml section: frozen, every key required, no unknown keys, no silent conversions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class ShapesConfig(Section):
     """The built-in synthetic dataset: coloured shapes with captions and object boxes."""
 
-    out_dir: str
-    num_images: int
-    image_size: int
-    min_objects: int
-    max_objects: int
-    colours: list[str]
-    shapes: list[str]
-    object_size: list[int]  # [smallest, largest] side of an object's box, in pixels
-    seed: int
+    out_dir: Path_  # images/, captions.txt (Flickr token format), objects.json
+    num_images: int = Field(ge=3, le=1_000_000)  # at least one per split
+    image_size: int = Field(ge=32, le=4096)
+    min_objects: int = Field(ge=1, le=8)
+    max_objects: int = Field(ge=1, le=8)
+    colours: list[Literal[tuple(DEMO_COLOURS)]] = Field(min_length=1)  # type: ignore[valid-type]
+    shapes: list[Literal[DEMO_SHAPES]] = Field(min_length=1)  # type: ignore[valid-type]
+    object_size: list[int] = Field(min_length=2, max_length=2)  # [smallest, largest] box side, pixels
+    seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _drawable(self) -> ShapesConfig:
+        if self.max_objects < self.min_objects:
+            raise ValueError(f"shapes.max_objects ({self.max_objects}) must be >= shapes.min_objects")
+        if self.max_objects > len(set(self.colours)) * len(set(self.shapes)):
+            raise ValueError("shapes.max_objects exceeds the number of distinct (colour, shape) pairs")
+        smallest, largest = self.object_size
+        if not 0 < smallest <= largest or largest * 2 > self.image_size:
+            raise ValueError(f"shapes.object_size {self.object_size} must be [smallest, largest] with "
+                             f"0 < smallest <= largest <= image_size / 2 (objects are placed apart)")
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetConfig:
+class DatasetConfig(Section):
     """Where the captions and images are, how to read them and how to split them."""
 
-    captions: str
-    images: str
+    captions: Path_
+    images: Path_
     format: Literal["auto", "flickr_token", "csv", "pipe", "karpathy"]
-    split_files: Optional[dict[str, str]]  # {train|val|test: file listing image names}
-    split_ratios: dict[str, float]  # used when the format carries no split
-    seed: int
-    captions_per_image: Optional[int]  # expected count; images with another count are reported
-    max_dropped_fraction: float
-    check_images: bool  # open every image and drop the unreadable ones
-    out_dir: str
+    split_files: Optional[dict[Split, Path_]]  # {train|val|test: file listing image names}
+    split_ratios: dict[Split, Annotated[Real, Field(ge=0.0, le=1.0)]]  # when the format has no split
+    seed: int = Field(ge=0)
+    captions_per_image: Optional[int] = Field(ge=1)  # expected count; other counts are reported
+    max_dropped_fraction: Real = Field(ge=0.0, le=1.0)
+    check_images: bool  # decode every image and drop the ones the encoder could not read
+    table: Path_  # the prepared (image, split, caption) table, captions.csv
+    report: Path_  # report.json: what was dropped, fixed and reported, and why
+
+    @model_validator(mode="after")
+    def _splits(self) -> DatasetConfig:
+        ratios = self.split_ratios
+        if set(ratios) != set(SPLITS) or abs(sum(ratios.values()) - 1.0) > 1e-6:
+            raise ValueError(f"dataset.split_ratios must give train, val and test fractions that sum to 1, "
+                             f"got {ratios}")
+        if ratios["train"] <= 0 or ratios["val"] <= 0:
+            raise ValueError(f"dataset.split_ratios: train and val must be > 0 (val drives early stopping), "
+                             f"got {ratios}")
+        if self.split_files is not None and not {"train", "val"} <= set(self.split_files):
+            raise ValueError("dataset.split_files must list at least train and val files")
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(Section):
     """The frozen CNN that turns each image into a grid of region features."""
 
-    architecture: Literal["resnet50"]
-    weights: str  # IMAGENET1K_V1 | IMAGENET1K_V2 | path to a state-dict file | none
-    image_size: int  # images are resized (whole, no crop) to image_size x image_size
-    dtype: Literal["float16", "float32"]
-    batch_size: int
-    num_workers: int
-    device: str  # auto | cpu | cuda | cuda:N
-    out_dir: str
+    weights: Path_  # IMAGENET1K_V1 | IMAGENET1K_V2 | path to a state-dict file | none
+    image_size: int = Field(ge=32, le=1024, multiple_of=32)  # whole image resized to this square
+    dtype: Literal["float16", "float32"]  # how the features are stored
+    precision: Literal["auto", "fp32", "bf16"]  # how they are computed; auto: bf16 where native
+    batch_size: int = Field(ge=1, le=4096)
+    num_workers: int = Field(ge=0, le=128)
+    device: Device
+    cache: Path_  # the HDF5 feature cache
 
 
-@dataclasses.dataclass(frozen=True)
-class VocabConfig:
-    min_count: int
-    max_caption_length: int  # words; longer training captions are truncated
-    out_dir: str
+class VocabConfig(Section):
+    min_count: int = Field(ge=1)
+    path: Path_  # vocab.json
 
 
-@dataclasses.dataclass(frozen=True)
-class EmbeddingsConfig:
-    dim: int
-    pretrained: Optional[str]  # word2vec .bin/.bin.gz/.txt file, or null to train on the captions
-    epochs: int
-    window: int
-    seed: int
-    out_dir: str
+class EmbeddingsConfig(Section):
+    dim: int = Field(ge=1, le=4096)
+    pretrained: Optional[Path_]  # word2vec .bin/.bin.gz/.txt file, or null to train on the captions
+    epochs: int = Field(ge=1, le=1000)
+    window: int = Field(ge=1, le=100)
+    seed: int = Field(ge=0)
+    matrix: Path_  # embeddings.npy (V, dim)
+    metrics: Path_  # coverage metrics, JSON
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    attention_dim: int
-    decoder_dim: int
-    dropout: float
+class ModelConfig(Section):
+    attention_dim: int = Field(ge=1, le=16384)
+    decoder_dim: int = Field(ge=1, le=16384)
+    dropout: Real = Field(ge=0.0, lt=1.0)
     fine_tune_embeddings: bool
+    max_caption_length: int = Field(ge=1, le=500)  # words: training captions are cut, decoding stops
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    batch_size: int
-    epochs: int
-    lr: float
-    weight_decay: float
-    lr_step_epochs: int
-    lr_gamma: float
-    grad_clip: float
-    attention_penalty: float
-    patience: int
-    early_stopping: Literal["bleu4", "loss"]
-    num_samples: int  # sample captions logged every epoch
+class TrainConfig(Section):
+    batch_size: int = Field(ge=1, le=65536)
+    epochs: int = Field(ge=1, le=10000)
+    lr: Real = Field(gt=0.0, le=10.0)
+    weight_decay: Real = Field(ge=0.0, lt=1.0)
+    lr_step_epochs: int = Field(ge=1)
+    lr_gamma: Real = Field(gt=0.0, le=1.0)
+    grad_clip: Real = Field(gt=0.0)
+    attention_penalty: Real = Field(ge=0.0, le=100.0)
+    patience: int = Field(ge=1)
+    early_stopping: Literal["cider", "bleu4", "loss"]  # on the validation split
+    num_samples: int = Field(ge=0, le=1000)  # sample captions logged every epoch
     amp: Literal["auto", "fp32", "bf16", "fp16"]  # not "off": YAML reads an unquoted off as false
-    device: str
-    seed: int
+    device: Device
+    seed: int = Field(ge=0)
     resume: bool
-    out_dir: str
-    log_dir: str
+    checkpoint: Path_  # best.pt: the best epoch, what evaluate and caption load
+    last_checkpoint: Path_  # last.pt: every epoch, to resume
+    log_dir: Path_  # TensorBoard
+    metrics_dir: Path_  # dvclive metrics.json and plots
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Section):
     split: Literal["val", "test"]
-    beam_size: int
-    max_length: int
-    batch_size: int
-    num_figures: int
-    objects: Optional[str]  # object boxes (the shapes demo) for the attention-correctness score
-    device: str
-    out_dir: str
+    beam_size: int = Field(ge=1, le=100)
+    length_penalty: Real = Field(ge=0.0, le=10.0)  # alpha of ((5 + L) / 6) ** alpha; 0 is off
+    no_repeat_ngram: int = Field(ge=0, le=10)  # block repeated n-grams of this size; 0 is off
+    allow_unk: bool  # let captions contain <unk>
+    batch_size: int = Field(ge=1, le=65536)
+    num_figures: int = Field(ge=0, le=10000)
+    objects: Optional[Path_]  # object boxes (the shapes demo) for attention correctness; null otherwise
+    device: Device
+    out_dir: Path_  # predictions.json and attention/*.png
+    metrics: Path_  # the scores, JSON
 
 
-SECTIONS: dict[type, str] = {
-    ShapesConfig: "shapes",
-    DatasetConfig: "dataset",
-    EncoderConfig: "encoder",
-    VocabConfig: "vocab",
-    EmbeddingsConfig: "embeddings",
-    ModelConfig: "model",
-    TrainConfig: "train",
-    EvaluateConfig: "evaluate",
+SECTIONS: dict[type[Section], str] = {
+    ShapesConfig: "shapes", DatasetConfig: "dataset", EncoderConfig: "encoder", VocabConfig: "vocab",
+    EmbeddingsConfig: "embeddings", ModelConfig: "model", TrainConfig: "train", EvaluateConfig: "evaluate",
 }
 
 
 # ----------------------------------------------------------------------------------------------
-# loading and checking
+# reading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key written twice in one mapping (the last would silently win)."""
+
+
+def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"key '{key}' is written twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                              "keep one")
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
 def params_path() -> Path:
@@ -158,90 +235,45 @@ def read_params(path: Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found; run from the project root or set {PARAMS_ENV}")
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+        params = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from error
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return params
 
 
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+def _describe(error: dict[str, Any], name: str, section: dict[str, Any]) -> str:
+    """One pydantic error as 'section.key is VALUE: what is valid'."""
+    location = [str(part) for part in error["loc"]]
+    key = ".".join([name, *location]) if location else name
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"key {key} is missing; add it (see the repository's params.yaml)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key}; valid keys of '{name}' are {', '.join(SECTION_FIELDS[name])}"
+    if not location:
+        return message
+    return f"key {key} is {error['input']!r}: {message[0].lower() + message[1:]}"
 
 
-def _check(value: Any, annotation: Any, key: str, where: Path) -> Any:
-    """Return `value` converted to `annotation`, or raise ConfigError naming `key`."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _check(value, option, key, where)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: key '{key}': {value!r} fits none of {_type_name(annotation)}")
-    if origin is Literal:
-        if value not in args:
-            choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{where}: key '{key}' is {value!r}; expected one of {choices}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: key '{key}' should be a list, got {value!r}")
-        return [_check(item, args[0], f"{key}[{i}]", where) for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: key '{key}' should be a mapping, got {value!r}")
-        return {_check(k, args[0], key, where): _check(v, args[1], f"{key}.{k}", where) for k, v in value.items()}
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: key '{key}' should be true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: key '{key}' should be a whole number, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no decimal point) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: key '{key}' should be a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: key '{key}' should be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {annotation!r} for key '{key}'")
-
-
-def build(cls: type, section: dict[str, Any], name: str, where: Path) -> Any:
-    """Build dataclass `cls` from a params section, failing on missing, unknown or mistyped keys."""
+def build(cls: type[Section], section: Any, name: str, where: Path) -> Any:
+    """Build section model `cls` from its params, or raise ConfigError naming the first bad key."""
     if not isinstance(section, dict):
         raise ConfigError(f"{where}: section '{name}' should be a mapping of keys")
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(section) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-                          f"valid keys are {', '.join(fields)}")
-    missing = [f for f in fields if f not in section]
-    if missing:
-        raise ConfigError(f"{where}: missing key(s) {', '.join(f'{name}.{k}' for k in missing)}")
-    values = {f: _check(section[f], hints[f], f"{name}.{f}", where) for f in fields}
-    config = cls(**values)
-    _validate(config, name, where)
-    return config
+    try:
+        return cls.model_validate(section)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        more = error.error_count() - 1
+        raise ConfigError(f"{where}: {_describe(first, name, section)}"
+                          f"{f' ({more} more problem(s) in this section)' if more else ''}") from None
 
 
-def load_section(cls: type, path: Path | None = None) -> Any:
-    """Load one section of the params file as its dataclass."""
+def load_section(cls: type[Section], path: Path | None = None) -> Any:
+    """Load one section of the params file as its model."""
     path = Path(path) if path is not None else params_path()
     params = read_params(path)
     name = SECTIONS[cls]
@@ -250,43 +282,14 @@ def load_section(cls: type, path: Path | None = None) -> Any:
     return build(cls, params[name], name, path)
 
 
-def _positive(config: Any, name: str, where: Path, *keys: str) -> None:
-    for key in keys:
-        if getattr(config, key) <= 0:
-            raise ConfigError(f"{where}: key '{name}.{key}' must be positive, got {getattr(config, key)!r}")
+def load_all(path: Path | None = None) -> dict[str, Any]:
+    """Every section of the params file, checked: {section name: model}."""
+    path = Path(path) if path is not None else params_path()
+    params = read_params(path)
+    missing = [name for name in SECTIONS.values() if name not in params]
+    if missing:
+        raise ConfigError(f"{path}: missing section(s) {', '.join(missing)}")
+    return {name: build(cls, params[name], name, path) for cls, name in SECTIONS.items()}
 
 
-def _validate(config: Any, name: str, where: Path) -> None:
-    """Value checks that types alone cannot express."""
-    if isinstance(config, ShapesConfig):
-        _positive(config, name, where, "num_images", "image_size", "min_objects")
-        if config.max_objects < config.min_objects:
-            raise ConfigError(f"{where}: key '{name}.max_objects' must be >= min_objects")
-        if len(config.object_size) != 2 or not 0 < config.object_size[0] <= config.object_size[1]:
-            raise ConfigError(f"{where}: key '{name}.object_size' must be [smallest, largest] pixels")
-    elif isinstance(config, DatasetConfig):
-        unknown = set(config.split_ratios) - {"train", "val", "test"}
-        if unknown or not config.split_ratios or abs(sum(config.split_ratios.values()) - 1.0) > 1e-6:
-            raise ConfigError(f"{where}: key '{name}.split_ratios' must give train/val/test fractions that sum to 1, "
-                              f"got {config.split_ratios}")
-        if config.split_files is not None and set(config.split_files) - {"train", "val", "test"}:
-            raise ConfigError(f"{where}: key '{name}.split_files' takes only train, val and test")
-        if not 0.0 <= config.max_dropped_fraction <= 1.0:
-            raise ConfigError(f"{where}: key '{name}.max_dropped_fraction' must be between 0 and 1")
-    elif isinstance(config, EncoderConfig):
-        _positive(config, name, where, "batch_size", "image_size")
-        if config.image_size % 32:
-            raise ConfigError(f"{where}: key '{name}.image_size' must be a multiple of 32 (ResNet stride), "
-                              f"got {config.image_size}")
-    elif isinstance(config, VocabConfig):
-        _positive(config, name, where, "min_count", "max_caption_length")
-    elif isinstance(config, EmbeddingsConfig):
-        _positive(config, name, where, "dim", "epochs", "window")
-    elif isinstance(config, ModelConfig):
-        _positive(config, name, where, "attention_dim", "decoder_dim")
-        if not 0.0 <= config.dropout < 1.0:
-            raise ConfigError(f"{where}: key '{name}.dropout' must be in [0, 1)")
-    elif isinstance(config, TrainConfig):
-        _positive(config, name, where, "batch_size", "epochs", "lr", "lr_step_epochs", "patience")
-    elif isinstance(config, EvaluateConfig):
-        _positive(config, name, where, "beam_size", "max_length", "batch_size")
+SECTION_FIELDS = {name: list(cls.model_fields) for cls, name in SECTIONS.items()}

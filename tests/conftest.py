@@ -13,11 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_PARAMS = {
     "shapes": {"num_images": 30, "image_size": 64, "object_size": [20, 28]},
     "dataset": {"split_ratios": {"train": 0.6, "val": 0.2, "test": 0.2}},
-    "encoder": {"image_size": 64, "batch_size": 8, "num_workers": 0},
+    "encoder": {"image_size": 64, "batch_size": 8, "num_workers": 0, "precision": "fp32"},
     "embeddings": {"dim": 16, "epochs": 2},
-    "model": {"attention_dim": 16, "decoder_dim": 32},
+    "model": {"attention_dim": 16, "decoder_dim": 32, "max_caption_length": 12},
     "train": {"epochs": 2, "batch_size": 16, "num_samples": 1},
-    "evaluate": {"beam_size": 2, "max_length": 12, "num_figures": 2},
+    "evaluate": {"beam_size": 2, "num_figures": 2},
 }
 
 
@@ -44,7 +44,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with params.yaml and the outputs of shapes, prepare, features, vocab, embeddings."""
-    from pipeline import embeddings, features, prepare, shapes, vocab
+    from pipeline.stages import embeddings, features, prepare, shapes, vocab
 
     folder = tmp_path_factory.mktemp("tiny")
     (folder / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
@@ -70,7 +70,7 @@ def in_tiny_project(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
 @pytest.fixture(scope="session")
 def trained_project(tiny_project: Path) -> Path:
     """The tiny project after `train` (2 epochs): data/train/best.pt exists."""
-    from pipeline import train
+    from pipeline.stages import train
 
     previous = Path.cwd()
     os.chdir(tiny_project)

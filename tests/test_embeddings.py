@@ -10,10 +10,10 @@ import pytest
 import yaml
 from gensim.models import KeyedVectors
 
-from pipeline import embeddings
+from pipeline.stages import embeddings
 from pipeline.config import PARAMS_ENV
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
-from pipeline.vocab import build_vocabulary
+from pipeline.stages.vocab import build_vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 6

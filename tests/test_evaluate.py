@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import evaluate, scoring
+from pipeline.stages import evaluate, scoring
 
 
 def one_hot(cell: int, regions: int = 4) -> torch.Tensor:

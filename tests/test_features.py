@@ -19,9 +19,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import pipeline
-from pipeline import features
+from pipeline.stages import features
 from pipeline.encoder import build_encoder, load_image
-from pipeline.feature_store import FeatureStore, FeatureStoreError
+from pipeline.encoder.feature_cache import FeatureStore, FeatureStoreError
 
 NAMES = ["b.png", "a.png", "sub/f.png", "d.png", "c.png", "e.png"]  # listed unsorted, in a sub-folder too
 SORTED = sorted(NAMES)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import prepare as prep
+from pipeline.stages import prepare as prep
 from pipeline.config import PARAMS_ENV, DatasetConfig
 
 # Flickr8k-style image names

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import prepared
+from pipeline.datasets import table as prepared
 
 
 def test_write_then_read_round_trips_and_selects_a_split(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import shapes
+from pipeline.stages import shapes
 from pipeline.config import ShapesConfig
 
 CONFIG = ShapesConfig(out_dir="unused", num_images=12, image_size=96, min_objects=1, max_objects=2,

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import train
-from pipeline.data import bucket_batches, encode_captions
-from pipeline.train import shard
+from pipeline.stages import train
+from pipeline.training.batches import bucket_batches, encode_captions
+from pipeline.stages.train import shard
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
 from tests.conftest import write_params
 

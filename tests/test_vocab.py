@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import vocab
+from pipeline.stages import vocab
 from pipeline.config import PARAMS_ENV
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
 

@@ -11,7 +11,8 @@ object along": a caption is learnable from the features, and attention has one r
 look for each colour and shape word. `objects.json` keeps each object's colour, shape and box
 (x0, y0, x1, y1 in pixels) for the attention-correctness score of `evaluate`.
 
-Deterministic from `shapes.seed`. Run: python -m pipeline.shapes
+Drawn only when `dataset.captions` lies in `shapes.out_dir` (the demo is the dataset in use);
+for a real dataset the stage writes an empty folder and draws nothing. Deterministic from `shapes.seed`. Run: python -m pipeline.stages.shapes
 """
 from __future__ import annotations
 
@@ -24,14 +25,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from pipeline.config import ShapesConfig, load_section
-from pipeline.utils import atomic_path
+from pipeline.config import DEMO_COLOURS, DatasetConfig, ShapesConfig, load_section
+from pipeline.files import atomic_path
 
-RGB = {
-    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40),
-    "white": (245, 245, 245), "purple": (150, 60, 190), "orange": (245, 140, 30), "cyan": (40, 210, 220),
-}
-SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 BACKGROUND = (60, 60, 60)
 MAX_PLACEMENT_TRIES = 200
 
@@ -49,18 +45,6 @@ class ShapeObject:
     @property
     def centre(self) -> tuple[float, float]:
         return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
-
-
-def check_config(config: ShapesConfig) -> None:
-    """Fail early on colours or shapes that cannot be drawn, or too many objects to place."""
-    unknown = [c for c in config.colours if c not in RGB] + [s for s in config.shapes if s not in SHAPES]
-    if unknown:
-        raise ValueError(f"params.yaml shapes: cannot draw {unknown}; colours from {sorted(RGB)}, "
-                         f"shapes from {list(SHAPES)}")
-    if config.max_objects > len(config.colours) * len(config.shapes):
-        raise ValueError("params.yaml shapes.max_objects exceeds the number of distinct (colour, shape) pairs")
-    if config.object_size[1] * 2 > config.image_size:
-        raise ValueError("params.yaml shapes.object_size: objects larger than half the image cannot be placed apart")
 
 
 def _overlaps(box: tuple[int, int, int, int], others: list[ShapeObject], gap: int) -> bool:
@@ -130,7 +114,7 @@ def draw(objects: list[ShapeObject], image_size: int, rng: np.random.Generator) 
     image = Image.new("RGB", (image_size, image_size), BACKGROUND)
     pen = ImageDraw.Draw(image)
     for obj in objects:
-        colour = tuple(int(np.clip(v + rng.integers(-15, 16), 0, 255)) for v in RGB[obj.colour])
+        colour = tuple(int(np.clip(v + rng.integers(-15, 16), 0, 255)) for v in DEMO_COLOURS[obj.colour])
         x0, y0, x1, y1 = obj.box
         w, h = x1 - x0, y1 - y0
         if obj.shape == "circle":
@@ -168,9 +152,21 @@ def generate(config: ShapesConfig, out_dir: Path) -> dict[str, list[ShapeObject]
     return scene
 
 
+def is_demo(config: ShapesConfig, captions: str) -> bool:
+    """Whether the dataset in use is this demo: its captions file lies in the demo's folder."""
+    return Path(config.out_dir).resolve() in Path(captions).resolve().parents
+
+
 def main() -> None:
     config = load_section(ShapesConfig)
-    check_config(config)
+    captions = load_section(DatasetConfig).captions
+    if not is_demo(config, captions):
+        # a real dataset: draw nothing, leave an empty output so that DVC's graph stays the same
+        with atomic_path(config.out_dir) as tmp:
+            tmp.mkdir(parents=True)
+            (tmp / "README.txt").write_text(f"Not drawn: dataset.captions ({captions}) is a real dataset.\n")
+        print(f"shapes: skipped; dataset.captions ({captions}) is not the demo's, nothing drawn")
+        return
     with atomic_path(config.out_dir) as tmp:
         scene = generate(config, tmp)
     counts = np.bincount([len(o) for o in scene.values()])

@@ -1,6 +1,6 @@
 """The feature cache written by the `features` stage, and its read side.
 
-Layout of `{encoder.out_dir}/features.h5`:
+Layout of the cache file (`encoder.cache`, features.h5):
 - `features`: (N, P, E) float16 or float32, one chunk per image, uncompressed;
 - `images`: (N,) UTF-8 image names, row i of `features` belongs to `images[i]`;
 - attrs: the encoder's provenance (architecture, weights, image_size, grid, feature_dim, dtype,
@@ -21,7 +21,6 @@ import h5py
 import numpy as np
 import torch
 
-FEATURES_FILE = "features.h5"
 FEATURES = "features"  # dataset (N, P, E)
 IMAGES = "images"  # dataset (N,) of names
 
@@ -30,11 +29,6 @@ Rows = int | slice | Sequence[int] | np.ndarray | torch.Tensor
 
 class FeatureStoreError(ValueError):
     """The feature cache exists but is not what the readers expect."""
-
-
-def features_path(out_dir: str | Path) -> Path:
-    """The feature cache inside the encoder's output directory."""
-    return Path(out_dir) / FEATURES_FILE
 
 
 def plain_attr(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The prepared captions table, `{dataset.out_dir}/captions.csv`: prepare writes it, every later stage reads it.
+"""The prepared captions table (`dataset.table`, captions.csv): prepare writes it, every later stage reads it.
 
 Columns: `image` (path under `dataset.images`), `split` (train, val or test) and `caption`
 (normalised by `pipeline.text.normalise`). One row per caption.
@@ -11,13 +11,7 @@ from typing import Iterable
 
 import pandas as pd
 
-CAPTIONS_FILE = "captions.csv"
 COLUMNS = ("image", "split", "caption")
-
-
-def captions_path(prepared_dir: str | Path) -> Path:
-    """Where the table lives inside prepare's output folder."""
-    return Path(prepared_dir) / CAPTIONS_FILE
 
 
 def write_captions(path: Path, rows: Iterable[tuple[str, str, str]]) -> None:
@@ -28,9 +22,9 @@ def write_captions(path: Path, rows: Iterable[tuple[str, str, str]]) -> None:
         writer.writerows(rows)
 
 
-def read_captions(prepared_dir: str | Path, split: str | None = None) -> pd.DataFrame:
+def read_captions(path: str | Path, split: str | None = None) -> pd.DataFrame:
     """The table (image, split, caption) as strings, optionally one split only."""
-    path = captions_path(prepared_dir)
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: prepared captions not found; run `dvc repro prepare` first")
     table = pd.read_csv(path, dtype=str, keep_default_na=False)  # a caption "nan" stays a word
@@ -39,3 +33,8 @@ def read_captions(prepared_dir: str | Path, split: str | None = None) -> pd.Data
         raise ValueError(f"{path} has no {', '.join(missing)} column (header: {list(table.columns)}); "
                          "rerun `dvc repro prepare`")
     return table if split is None else table[table["split"] == split].reset_index(drop=True)
+
+
+def references_by_image(captions: pd.DataFrame) -> dict[str, list[str]]:
+    """{image: [its normalised captions]} in file order."""
+    return {name: list(group) for name, group in captions.groupby("image", sort=True)["caption"]}

@@ -1,27 +1,14 @@
-"""Stage `features`: run the frozen CNN over every image once and cache its region features.
+"""Extraction into the feature cache: a resumable partial file, the batched encode loop, and the
+final file made from finished partial files.
 
-Inputs: the prepared table `{dataset.out_dir}/captions.csv` (its unique images, sorted by name) and
-the image files under `dataset.images`. Output: `{encoder.out_dir}/features.h5`, an (N, P, E) array
-with the image names and the encoder's provenance (layout in pipeline/feature_store.py).
-
-    python -m pipeline.features                           # one process, on the GPU when there is one
-    torchrun --nproc_per_node 4 -m pipeline.features      # 4 processes, each encoding its own share
-
-Decoding and resizing run in DataLoader workers; the encoder runs batched (on CUDA: pinned uint8
-batches normalised on the GPU, channels_last, bf16 autocast) while a writer thread stores the
-previous batch. Work in progress is kept in a hidden partial file beside the output with a per-image
-`done` mask; its attrs (encoder provenance, dtype, and `images_sha256` of the image list) are the
-fingerprint: a rerun after an interruption continues where it stopped when they still match, and
-starts over, saying why, when they do not. `features.h5` appears only once every image is done: by
-renaming the partial file (one process), or by rank 0 merging the ranks' partial files. (dvc.yaml
-declares the file, not its folder, as the output, so the partial file survives DVC's removal of the
-output before a rerun.)
+Work in progress lives in a hidden partial file beside the output with a per-image `done` mask;
+its attrs (encoder provenance, dtype, and `images_sha256` of the image list) are its fingerprint:
+a rerun continues it when they still match and starts over, saying why, when they do not.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,16 +17,13 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from pipeline.config import DatasetConfig, EncoderConfig, load_section
-from pipeline.encoder import (FEATURE_DIM, STRIDE, Encoder, ImageReadError, build_encoder, encode, encoder_info,
-                              load_image)
-from pipeline.feature_store import FEATURES, IMAGES, create_layout, features_path, plain_attr
-from pipeline.prepared import captions_path, read_captions
-from pipeline.utils import atomic_path, resolve_device
+from pipeline.encoder.feature_cache import FEATURES, IMAGES, create_layout, plain_attr
+from pipeline.encoder.images import ImageReadError, load_image
+from pipeline.encoder.resnet import FEATURE_DIM, Encoder, encode
+from pipeline.files import atomic_path
 
 DONE = "done"  # (N,) bool dataset of the partial file: which rows hold finished features
 MAX_PENDING_WRITES = 2  # batches waiting for the writer thread; bounds the memory they hold
@@ -48,18 +32,6 @@ MERGE_ROWS = 256  # rows copied at a time when merging the ranks' files
 
 class FeatureExtractionError(RuntimeError):
     """The features cannot be extracted: a bad image list, an unreadable image, an unfinished rank."""
-
-
-# ----------------------------------------------------------------------------------------------
-# the image list and its shares
-
-
-def read_image_list(prepared_dir: str | Path) -> list[str]:
-    """The unique image names of the prepared captions table, sorted."""
-    names = sorted(set(read_captions(prepared_dir)["image"]))
-    if not names:
-        raise FeatureExtractionError(f"{captions_path(prepared_dir)} lists no images; check the prepare stage's report")
-    return names
 
 
 def names_sha256(names: Sequence[str]) -> str:
@@ -76,10 +48,6 @@ def partial_path(out: Path, rank: int, world_size: int) -> Path:
     """The hidden file beside `out` holding one process's work in progress."""
     part = "" if world_size == 1 else f".rank{rank}of{world_size}"
     return out.with_name(f".{out.name}{part}.partial")
-
-
-# ----------------------------------------------------------------------------------------------
-# the partial file
 
 
 def resume_blocker(path: Path, attrs: dict[str, Any]) -> str | None:
@@ -128,10 +96,6 @@ def write_rows(store: h5py.File, rows: np.ndarray, features: np.ndarray, ok: np.
     store.flush()  # the done mask on disk never runs ahead of the features
 
 
-# ----------------------------------------------------------------------------------------------
-# extraction
-
-
 class ImageFiles(Dataset):
     """Image files decoded and resized (in DataLoader workers): item -> (row, (3, S, S) uint8, error)."""
 
@@ -155,6 +119,7 @@ def extract(encoder: Encoder, files: ImageFiles, store: h5py.File, batch_size: i
     """Encode the images of `files` not yet done in `store` and write their features; returns how many."""
     todo = np.flatnonzero(~store[DONE][()]).tolist()
     dtype = getattr(torch, store[FEATURES].dtype.name)
+    precision = str(store.attrs.get("precision", "fp32"))
     loader = DataLoader(Subset(files, todo), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     encoded = 0
@@ -164,7 +129,7 @@ def extract(encoder: Encoder, files: ImageFiles, store: h5py.File, batch_size: i
         pending: deque[Future[None]] = deque()
         for rows, images, errors in loader:
             ok = np.array([not error for error in errors])
-            features = encode(encoder, images, device, dtype).cpu().numpy()  # (B, P, E)
+            features = encode(encoder, images, device, dtype, precision).cpu().numpy()  # (B, P, E)
             # the write of this batch overlaps the decoding and encoding of the next
             pending.append(writer.submit(write_rows, store, rows.numpy(), features, ok))
             encoded += int(ok.sum())
@@ -182,10 +147,6 @@ def extract(encoder: Encoder, files: ImageFiles, store: h5py.File, batch_size: i
         for write in pending:
             write.result()
     return encoded
-
-
-# ----------------------------------------------------------------------------------------------
-# the final file
 
 
 def unfinished(path: Path) -> int:
@@ -228,55 +189,3 @@ def merge(partials: Sequence[Path], out: Path, names: Sequence[str], attrs: dict
                     stop = min(count, offset + MERGE_ROWS)
                     features[start + offset:start + stop] = part[FEATURES][offset:stop]
             start += count
-
-
-# ----------------------------------------------------------------------------------------------
-
-
-def main() -> None:
-    dataset = load_section(DatasetConfig)
-    config = load_section(EncoderConfig)
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
-    device = resolve_device(config.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # pinned-memory and NCCL work stay on this rank's GPU
-
-    names = read_image_list(dataset.out_dir)
-    encoder = build_encoder(config.architecture, config.weights).to_device(device)
-    attrs = {**encoder_info(config.architecture, config.weights, config.image_size), "dtype": config.dtype}
-    num_regions = (config.image_size // STRIDE) ** 2
-    out = features_path(config.out_dir)
-
-    if world_size > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
-    try:
-        started = time.perf_counter()
-        mine = [names[row] for row in share(len(names), rank, world_size)]
-        files = ImageFiles([Path(dataset.images) / name for name in mine], config.image_size)
-        with open_partial(partial_path(out, rank, world_size), mine,
-                          {**attrs, "images_sha256": names_sha256(mine)}, num_regions, config.dtype) as store:
-            encoded = extract(encoder, files, store, config.batch_size, config.num_workers, device,
-                              show_progress=rank == 0)
-        if world_size > 1:  # also the barrier: every rank has finished its file before rank 0 merges
-            total = torch.tensor([encoded], device=device)
-            dist.all_reduce(total)
-            encoded = int(total.item())
-        if rank == 0:
-            finalise(out, [partial_path(out, r, world_size) for r in range(world_size)], names,
-                     {**attrs, "images_sha256": names_sha256(names)})
-    finally:
-        if world_size > 1:
-            dist.destroy_process_group()
-
-    if rank == 0:
-        seconds = time.perf_counter() - started
-        processes = f" x {world_size} processes" if world_size > 1 else ""
-        print(f"features: {len(names)} images -> {out} {(len(names), num_regions, FEATURE_DIM)} {config.dtype}; "
-              f"{encoded} encoded in {seconds:.1f} s ({encoded / seconds:.1f} images/s) on {device}{processes}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,18 +1,12 @@
-"""Small helpers shared by the stages: atomic outputs, devices, seeding, summaries."""
+"""Outputs that appear only when complete: atomic, checked writes of files and folders."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import random
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
-
-if TYPE_CHECKING:
-    import torch
-
-import numpy as np
+from typing import Any, Iterator
 
 
 @contextlib.contextmanager
@@ -48,22 +42,9 @@ def write_json(path: str | Path, payload: Any) -> None:
         tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def resolve_device(name: str) -> "torch.device":
-    """'auto' -> cuda when available else cpu; otherwise the named device, checked."""
-    import torch  # imported here so that stages without a model start fast
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' was asked for but CUDA is not available; set it to auto or cpu")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch."""
+def save_torch(path: str | Path, payload: Any) -> None:
+    """torch.save, atomically."""
     import torch
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)

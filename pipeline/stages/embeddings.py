@@ -10,7 +10,7 @@ the word as is, then lower-case, Capitalised and UPPER-case forms; a word still 
 random vector with the scale of the found ones. PAD is all zeros; START, END and UNK are random.
 The coverage (how many vocabulary words got a real vector) is a DVC metric.
 
-Run: python -m pipeline.embeddings
+Run: python -m pipeline.stages.embeddings
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import numpy as np
 from gensim.models import KeyedVectors, Word2Vec
 
 from pipeline.config import DatasetConfig, EmbeddingsConfig, VocabConfig, load_section
-from pipeline.prepared import read_captions
+from pipeline.datasets.table import read_captions
+from pipeline.files import atomic_path, write_json
 from pipeline.text import PAD, SPECIAL_TOKENS, Vocabulary, tokenize
-from pipeline.utils import atomic_path, write_json
 
 
 def train_word2vec(sentences: list[list[str]], dim: int, window: int, epochs: int, seed: int) -> KeyedVectors:
@@ -79,7 +79,7 @@ def embedding_matrix(words: Iterable[str], lookup: Callable[[str], np.ndarray | 
 def main() -> None:
     dataset, vocab_config, config = (load_section(DatasetConfig), load_section(VocabConfig),
                                      load_section(EmbeddingsConfig))
-    vocabulary = Vocabulary.from_json(Path(vocab_config.out_dir) / "vocab.json")
+    vocabulary = Vocabulary.from_json(Path(vocab_config.path))
     if config.pretrained:
         vectors = load_pretrained(config.pretrained)
         if vectors.vector_size != config.dim:  # checked here too: with no vocabulary word found, nothing else would
@@ -87,7 +87,7 @@ def main() -> None:
                              f"embeddings.dim is {config.dim}; set embeddings.dim to match the pretrained file")
         source = config.pretrained
     else:
-        sentences = [tokenize(c) for c in read_captions(dataset.out_dir, "train")["caption"]]
+        sentences = [tokenize(c) for c in read_captions(dataset.table, "train")["caption"]]
         vectors = train_word2vec(sentences, config.dim, config.window, config.epochs, config.seed)
         source = "word2vec trained on the training captions"  # every vocabulary word is in it as is
 
@@ -97,11 +97,10 @@ def main() -> None:
 
     matrix, stats = embedding_matrix(vocabulary.words, lookup, config.dim, config.seed)
     stats["coverage"] = stats["found"] / max(stats["vocabulary_words"], 1)
-    out_dir = Path(config.out_dir)
-    with atomic_path(out_dir / "embeddings.npy") as tmp:
+    with atomic_path(config.matrix) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, matrix)
-    write_json(out_dir / "metrics.json", stats)
+    write_json(config.metrics, stats)
     print(f"embeddings: {matrix.shape[0]} x {matrix.shape[1]} from {source}; "
           f"coverage {stats['coverage']:.1%} ({stats['random']} random rows)")
 

@@ -6,18 +6,17 @@ Words seen at least `vocab.min_count` times in the training captions, most frequ
 (ties alphabetical), after the special tokens of `pipeline.text`. Validation and test captions
 never contribute, so no word is known only from held-out data.
 
-Run: python -m pipeline.vocab
+Run: python -m pipeline.stages.vocab
 """
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Iterable
 
 from pipeline.config import DatasetConfig, VocabConfig, load_section
-from pipeline.prepared import captions_path, read_captions
+from pipeline.datasets.table import read_captions
+from pipeline.files import atomic_path
 from pipeline.text import SPECIAL_TOKENS, Vocabulary, tokenize
-from pipeline.utils import atomic_path
 
 
 def count_words(captions: Iterable[str]) -> Counter[str]:
@@ -38,12 +37,12 @@ def build_vocabulary(captions: Iterable[str], min_count: int) -> tuple[Vocabular
 
 def main() -> None:
     dataset, config = load_section(DatasetConfig), load_section(VocabConfig)
-    train = read_captions(dataset.out_dir, "train")
+    train = read_captions(dataset.table, "train")
     if train.empty:
-        raise ValueError(f"{captions_path(dataset.out_dir)} has no training captions; check dataset.split_ratios")
+        raise ValueError(f"{dataset.table} has no training captions; check dataset.split_ratios")
     vocabulary, counts = build_vocabulary(train["caption"], config.min_count)
     covered = sum(n for w, n in counts.items() if w in vocabulary)
-    with atomic_path(Path(config.out_dir) / "vocab.json") as tmp:
+    with atomic_path(config.path) as tmp:
         vocabulary.to_json(tmp, counts=dict(counts.most_common()), min_count=config.min_count)
     print(f"vocab: {len(vocabulary)} tokens ({len(counts)} distinct training words, min_count {config.min_count}); "
           f"{covered / max(sum(counts.values()), 1):.1%} of training word occurrences covered")

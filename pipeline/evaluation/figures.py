@@ -18,7 +18,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from pipeline.utils import atomic_path  # noqa: E402
+from pipeline.files import atomic_path  # noqa: E402
 
 COLUMNS = 5
 

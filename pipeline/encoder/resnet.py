@@ -17,13 +17,10 @@ from urllib.parse import urlparse
 
 import torch
 import torchvision
-from PIL import Image, ImageOps
 from torch import nn
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.models import ResNet50_Weights
-from torchvision.transforms.v2 import functional as TF
 
-ARCHITECTURES = ("resnet50",)
+ARCHITECTURE = "resnet50"
 NO_WEIGHTS = "none"
 STATE_DICT_SUFFIXES = (".pth", ".pt")
 FEATURE_DIM = 2048  # E: channels of ResNet50's last stage
@@ -38,8 +35,6 @@ class EncoderError(RuntimeError):
     """The encoder cannot be built: unknown name, or weights that cannot be found or loaded."""
 
 
-class ImageReadError(RuntimeError):
-    """An image file cannot be read or decoded."""
 
 
 def weight_names() -> list[str]:
@@ -79,10 +74,10 @@ class Encoder(nn.Module):
     def train(self, mode: bool = True) -> Encoder:
         return self
 
-    def to_device(self, device: torch.device) -> Encoder:
-        """Move to `device`; on CUDA also to channels_last, the layout cuDNN convolves fastest."""
+    def to_device(self, device: torch.device, precision: str = "fp32") -> Encoder:
+        """Move to `device`; to channels_last on CUDA and for bf16, the layout convolutions run fastest in."""
         self.to(device)
-        return self.to(memory_format=torch.channels_last) if device.type == "cuda" else self
+        return self.to(memory_format=torch.channels_last) if channels_last(device, precision) else self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Encode a batch of pixels in [0, 255] (uint8 or float) into region features."""
@@ -91,25 +86,28 @@ class Encoder(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (B, P, E), p = row * G + col
 
 
-def encode(encoder: Encoder, images: torch.Tensor, device: torch.device,
-           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def channels_last(device: torch.device, precision: str) -> bool:
+    """Whether the encoder runs in channels_last layout: on CUDA, and for bf16 on CPUs (oneDNN)."""
+    return device.type == "cuda" or precision == "bf16"
+
+
+def encode(encoder: Encoder, images: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32,
+           precision: str = "fp32") -> torch.Tensor:
     """Features (B, P, E) of a pixel batch (B, 3, S, S), as `dtype`, left on `device`.
 
-    Computed on `device` (where `encoder.to_device` put the encoder); on CUDA from channels_last
-    input under bf16 autocast, the normalisation itself in float32.
+    Computed on `device` (where `encoder.to_device` put the encoder) at `precision` (fp32, or bf16
+    autocast with the normalisation itself in float32), from channels_last input where that is faster.
     """
     images = images.to(device, non_blocking=True)
-    if device.type == "cuda":
+    if channels_last(device, precision):
         images = images.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         features = encoder(images)  # (B, P, E)
     return features.to(dtype)
 
 
-def build_encoder(architecture: str, weights: str) -> Encoder:
+def build_encoder(weights: str) -> Encoder:
     """Build the frozen encoder with `weights`: a torchvision weights name, a state-dict path or 'none'."""
-    if architecture not in ARCHITECTURES:
-        raise EncoderError(f"unknown encoder architecture '{architecture}'; expected one of {', '.join(ARCHITECTURES)}")
     if weights in weight_names():
         state_dict = _download_state_dict(ResNet50_Weights[weights])
     elif weights == NO_WEIGHTS:
@@ -195,35 +193,7 @@ def _load_into(resnet: nn.Module, state_dict: dict[str, torch.Tensor], source: s
     resnet.load_state_dict(given, strict=False)
 
 
-# ----------------------------------------------------------------------------------------------
-# images
 
-
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """Read an image as RGB uint8 (3, size, size), the WHOLE image resized with antialiasing.
-
-    No centre crop, unlike ImageNet evaluation: captions describe the whole picture, so nothing at
-    its edges may be cut off, and the attention maps must align with the full image when they are
-    drawn over it. EXIF orientation is applied, so the pixels are the way people saw the photo.
-    Decoding uses torchvision.io (JPEG, PNG, WebP, GIF) and falls back to PIL for other formats.
-    Raises ImageReadError naming the file when it cannot be read.
-    """
-    try:
-        image = decode_image(str(path), mode=ImageReadMode.RGB, apply_exif_orientation=True)  # (3, H, W)
-    except RuntimeError:
-        image = _load_with_pil(Path(path))
-    if image.dtype != torch.uint8:  # 16-bit PNG
-        image = TF.to_dtype(image, torch.uint8, scale=True)
-    return TF.resize(image, [size, size], antialias=True)  # (3, size, size)
-
-
-def _load_with_pil(path: Path) -> torch.Tensor:
-    try:
-        with Image.open(path) as pil_image:
-            rgb = ImageOps.exif_transpose(pil_image).convert("RGB")
-    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"cannot read image {path}: {error}") from error
-    return TF.pil_to_tensor(rgb)  # (3, H, W)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,12 +209,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def encoder_info(architecture: str, weights: str, image_size: int) -> dict[str, str | int]:
+def encoder_info(weights: str, image_size: int, precision: str) -> dict[str, str | int]:
     """What produced a set of features: stored as HDF5 attrs beside them."""
     info: dict[str, str | int] = {
-        "architecture": architecture,
+        "architecture": ARCHITECTURE,
         "weights": weights,
         "image_size": image_size,
+        "precision": precision,  # resolved: fp32 or bf16
         "grid": image_size // STRIDE,
         "feature_dim": FEATURE_DIM,
         "preprocessing": "whole image resized (no crop), bilinear with antialiasing; ImageNet mean/std",

@@ -1,0 +1,138 @@
+"""What prepare dropped, fixed and reported, and why: the counts, the report.json payload, the
+threshold check and the one-line summary."""
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from pipeline.config import SPLITS, DatasetConfig
+
+MAX_EXAMPLES = 5  # examples kept per reason in the report
+
+MAX_EXAMPLE_CHARS = 200
+
+DROPPED = {
+    "malformed_line": "fix or remove those lines, or set dataset.format if '{format}' is not the file's format",
+    "missing_image": "the captions name images that are not under dataset.images ({images}); "
+                     "point dataset.images at the right folder or add the images",
+    "image_not_in_any_split": "add those images to one of the lists in dataset.split_files, "
+                              "or set dataset.split_files to null for a random split",
+    "split_conflict": "the same image is listed in two splits; keep one entry per image",
+    "unreadable_image": "replace or delete the damaged image files (or set dataset.check_images to false)",
+    "empty_caption": "those captions are empty once punctuation is removed; fill them in or remove the lines",
+    "duplicate_caption": "remove the repeated (image, caption) lines",
+}
+
+FIXED = ("non_utf8_line", "repaired_line", "crlf_line_end", "byte_order_mark")
+
+REPORTED = ("wrong_caption_count", "restval_as_train")
+
+IMAGE_REASONS = ("missing_image", "image_not_in_any_split", "unreadable_image")  # also count images
+
+
+class DatasetError(ValueError):
+    """The captions or images cannot be prepared as configured."""
+
+
+
+@dataclass
+class Problems:
+    """Counts and first examples of everything dropped, fixed or reported, by reason."""
+
+    counts: Counter[str] = field(default_factory=Counter)  # captions (dropped), lines (fixed), images (reported)
+    images: Counter[str] = field(default_factory=Counter)  # images, for the image-level reasons
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, reason: str, example: dict[str, Any] | None = None, count: int = 1, images: int = 0) -> None:
+        """Count `count` items (and `images` images) for `reason`, keeping the first few examples."""
+        self.counts[reason] += count
+        self.images[reason] += images
+        if example is not None and len(self.examples[reason]) < MAX_EXAMPLES:
+            self.examples[reason].append(example)
+
+    def dropped(self) -> int:
+        """Captions dropped, for all reasons."""
+        return sum(self.counts[reason] for reason in DROPPED)
+
+
+def clip(text: str) -> str:
+    return text if len(text) <= MAX_EXAMPLE_CHARS else text[:MAX_EXAMPLE_CHARS] + "..."
+
+
+def build_report(config: DatasetConfig, fmt: str, split_source: str, lines_read: int,
+                 rows: Sequence[tuple[str, str, str]], histogram: dict[str, int], problems: Problems) -> dict[str, Any]:
+    """The report.json payload."""
+    images = {split: set() for split in SPLITS}
+    captions = Counter()
+    for image, split, _ in rows:
+        images[split].add(image)
+        captions[split] += 1
+    dropped = problems.dropped()
+
+    def entry(reason: str, unit: str) -> dict[str, Any]:
+        item: dict[str, Any] = {unit: problems.counts[reason]}
+        if reason in IMAGE_REASONS:
+            item["images"] = problems.images[reason]
+        item["examples"] = problems.examples.get(reason, [])
+        return item
+
+    return {
+        "captions_file": config.captions,
+        "images": config.images,
+        "format": fmt,
+        "format_detected": config.format == "auto",
+        "split_source": split_source,
+        "check_images": config.check_images,
+        "lines_read": lines_read,
+        "dropped_captions": dropped,
+        "dropped_fraction": dropped / lines_read if lines_read else 0.0,
+        "max_dropped_fraction": config.max_dropped_fraction,
+        "splits": {split: {"images": len(images[split]), "captions": captions[split]} for split in SPLITS},
+        "total": {"images": sum(len(v) for v in images.values()), "captions": len(rows)},
+        "captions_per_image": {"expected": config.captions_per_image, "histogram": histogram},
+        "dropped": {reason: entry(reason, "captions") for reason in DROPPED},
+        "fixed": {reason: entry(reason, "lines") for reason in FIXED},
+        "reported": {reason: entry(reason, "images") for reason in REPORTED},
+    }
+
+def check_dropped(report: dict[str, Any]) -> None:
+    """Raise DatasetError, saying what to fix, when too much was dropped or nothing is left."""
+    if report["lines_read"] == 0:
+        raise DatasetError(f"no captions found in {report['captions_file']} (read as {report['format']}); "
+                           f"check dataset.captions and dataset.format in params.yaml")
+    fraction, limit = report["dropped_fraction"], report["max_dropped_fraction"]
+    if report["total"]["captions"] == 0:
+        headline = f"prepare dropped all {report['lines_read']} caption lines"
+    elif fraction > limit:
+        headline = (f"prepare dropped {report['dropped_captions']} of {report['lines_read']} caption lines "
+                    f"({fraction:.1%}), more than dataset.max_dropped_fraction = {limit} in params.yaml allows")
+    else:
+        return
+    reasons = sorted(((item["captions"], reason) for reason, item in report["dropped"].items() if item["captions"]),
+                     reverse=True)
+    details = []
+    for count, reason in reasons[:3]:
+        examples = json.dumps(report["dropped"][reason]["examples"][:3])
+        advice = DROPPED[reason].format(format=report["format"], images=report["images"])
+        details.append(f"  {reason}: {count} captions, e.g. {examples}\n    -> {advice}")
+    raise DatasetError(f"{headline}. Top reasons:\n" + "\n".join(details) + "\nFix the data, or raise "
+                       "dataset.max_dropped_fraction if this loss is expected. Nothing was written.")
+
+def _nonzero(entries: dict[str, dict[str, Any]], unit: str) -> str:
+    """'reason N, reason N' for the reasons that occurred."""
+    return ", ".join(f"{reason} {entry[unit]}" for reason, entry in entries.items() if entry[unit])
+
+def summary(report: dict[str, Any]) -> str:
+    """One line: format, images/captions per split, what was dropped, fixed and reported, and why."""
+    splits = ", ".join(f"{split} {counts['images']} images / {counts['captions']} captions"
+                       for split, counts in report["splits"].items())
+    line = (f"prepare: {report['format']}: {splits}; dropped {report['dropped_captions']} of "
+            f"{report['lines_read']} caption lines ({report['dropped_fraction']:.2%})")
+    for label, key, unit in (("dropped", "dropped", "captions"), ("fixed", "fixed", "lines"),
+                             ("reported", "reported", "images")):
+        reasons = _nonzero(report[key], unit)
+        if reasons:
+            line += f"; {label}: {reasons}"
+    return line

@@ -1,0 +1,57 @@
+"""Attention correctness on the shapes demo: does the attention peak of a colour or shape word fall
+inside the box of an object of that colour or shape?"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from pipeline.evaluation.figures import attention_grid
+from pipeline.model.captioner import Caption
+
+
+def peak_point(alpha: torch.Tensor, width: float, height: float) -> tuple[float, float]:
+    """Image coordinates (x, y) of the centre of the most attended grid cell. alpha (P,)."""
+    grid = attention_grid(alpha)
+    g = grid.size(0)
+    row, col = divmod(int(grid.argmax()), g)
+    return (col + 0.5) * width / g, (row + 0.5) * height / g
+
+
+def attention_correctness(captions: dict[str, Caption], objects: dict[str, list[dict]],
+                          image_sizes: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """Fraction of colour/shape words whose attention peak falls inside an object of that colour/shape."""
+    colours = {o["colour"] for boxes in objects.values() for o in boxes}
+    shapes = {o["shape"] for boxes in objects.values() for o in boxes}
+    hits = {"colour": 0, "shape": 0}
+    totals = {"colour": 0, "shape": 0}
+    for name, caption in captions.items():
+        width, height = image_sizes[name]
+        for word, alpha in zip(caption.words, caption.attention):
+            kind = "colour" if word in colours else "shape" if word in shapes else None
+            if kind is None:
+                continue
+            x, y = peak_point(alpha, width, height)
+            totals[kind] += 1
+            hits[kind] += any(o[kind] == word and o["box"][0] <= x < o["box"][2] and o["box"][1] <= y < o["box"][3]
+                              for o in objects[name])
+    total = sum(totals.values())
+    return {"attention_correctness": sum(hits.values()) / total if total else 0.0,
+            "attention_correctness_colour": hits["colour"] / max(totals["colour"], 1),
+            "attention_correctness_shape": hits["shape"] / max(totals["shape"], 1),
+            "attention_words": total}
+
+
+def load_objects(path: Path, names: Sequence[str]) -> dict[str, list[dict]]:
+    """Object boxes of the named images from the shapes demo's objects.json."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: object boxes not found (params.yaml evaluate.objects); "
+                                "set evaluate.objects to null for datasets without boxes")
+    objects = json.loads(path.read_text(encoding="utf-8"))
+    missing = [n for n in names if n not in objects]
+    if missing:
+        raise KeyError(f"{path} has no boxes for {len(missing)} evaluated images (first: {missing[0]}); "
+                       "it does not belong to this dataset: set evaluate.objects to null")
+    return {n: objects[n] for n in names}

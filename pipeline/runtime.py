@@ -1,0 +1,77 @@
+"""The run's environment: the device, seeds, and the processes that torchrun starts."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bf16 runs faster."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: "torch.device") -> str:
+    """`auto` -> bf16 on CUDA and on CPUs with native bf16 arithmetic, else fp32; other values as given."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+
+
+def resolve_device(name: str) -> "torch.device":
+    """'auto' -> cuda when available else cpu; otherwise the named device, checked."""
+    import torch  # imported here so that stages without a model start fast
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' was asked for but CUDA is not available; set it to auto or cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def start_processes(device_name: str) -> tuple[int, int, "torch.device"]:
+    """(rank, world size, device); joins the process group when started by torchrun.
+
+    On CUDA each process takes the GPU of its LOCAL_RANK; the backend is nccl on GPUs, gloo on CPUs.
+    """
+    import torch
+    import torch.distributed as dist
+
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)  # pinned memory and NCCL work stay on this process's GPU
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    return rank, world_size, device
+
+
+def stop_processes(world_size: int) -> None:
+    """Leave the process group joined by `start_processes`, if any."""
+    import torch.distributed as dist
+
+    if world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()

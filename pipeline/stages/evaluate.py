@@ -1,0 +1,94 @@
+"""Stage `evaluate`: caption the held-out split and score it.
+
+    data/train/best.pt, data/features/features.h5, data/prepared/captions.csv
+        -> metrics/evaluate.json (BLEU-1..4, METEOR, ROUGE-L, CIDEr, attention correctness),
+           data/evaluate/predictions.json, data/evaluate/attention/*.png
+
+Batched beam search (`evaluate.beam_size`) over the cached features, scored with pycocoevalcap
+against all references of each image (the standard COCO caption evaluation; it needs Java).
+Greedy BLEU-4 is reported beside the beam's. For the shapes demo (`evaluate.objects` set), the
+attention-correctness score: the fraction of generated colour and shape words whose attention
+peak (the centre of the most attended grid cell) lies inside the box of an object of that colour
+or shape.
+
+Run: python -m pipeline.stages.evaluate
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from pipeline.config import (
+    DatasetConfig,
+    EncoderConfig,
+    EvaluateConfig,
+    TrainConfig,
+    load_section,
+)
+from pipeline.datasets.table import read_captions, references_by_image
+from pipeline.encoder.feature_cache import FeatureStore
+from pipeline.encoder.feature_matrix import FeatureMatrix
+from pipeline.evaluation.attention import attention_correctness, load_objects
+from pipeline.evaluation.figures import draw_attention
+from pipeline.evaluation.scoring import bleu4, coco_scores, require_java
+from pipeline.files import atomic_path, write_json
+from pipeline.model.captioner import describe_all, search_options
+from pipeline.model.checkpoint import load_checkpoint
+from pipeline.runtime import resolve_device
+from pipeline.text import Vocabulary
+
+
+def main() -> None:
+    dataset, encoder_config = load_section(DatasetConfig), load_section(EncoderConfig)
+    train_config, config = load_section(TrainConfig), load_section(EvaluateConfig)
+    require_java()  # fail before the slow part, not after it
+    device = resolve_device(config.device)
+    model, payload = load_checkpoint(train_config.checkpoint, device)
+    vocabulary = Vocabulary(tuple(payload["vocabulary"]))
+    table = read_captions(dataset.table, config.split)
+    if table.empty:
+        raise ValueError(f"no {config.split} captions in {dataset.table}; check evaluate.split")
+    references = references_by_image(table)
+    names = sorted(references)
+    features = FeatureMatrix(FeatureStore(encoder_config.cache), names, device)
+
+    def features_of(chunk: list[str]) -> torch.Tensor:
+        return features[features.rows_of(chunk)]
+
+    max_length = model.config.max_caption_length
+    options = search_options(vocabulary, config.beam_size, max_length, config.length_penalty, config.no_repeat_ngram,
+                             config.allow_unk)
+    beam = describe_all(model, names, features_of, vocabulary, options, config.batch_size)
+    greedy = describe_all(model, names, features_of, vocabulary,
+                          search_options(vocabulary, 1, max_length, allow_unk=config.allow_unk), config.batch_size)
+    hypotheses = {n: beam[n].text for n in names}
+    metrics = coco_scores(references, hypotheses)
+    metrics["greedy_bleu4"] = bleu4(references, {n: greedy[n].text for n in names})
+    metrics.update(images=len(names), beam_size=config.beam_size, checkpoint_epoch=int(payload.get("epoch", 0)))
+    images_dir = Path(dataset.images)
+    if config.objects:
+        objects = load_objects(Path(config.objects), names)
+        sizes = {}
+        for n in names:
+            with Image.open(images_dir / n) as image:
+                sizes[n] = image.size  # (width, height): boxes are in the original image's pixels
+        metrics.update(attention_correctness(beam, objects, sizes))
+
+    predictions = [{"image": n, "caption": hypotheses[n], "greedy": greedy[n].text,
+                    "references": references[n]} for n in names]
+    with atomic_path(config.out_dir) as tmp:  # predictions and figures replace the old ones together
+        (tmp / "attention").mkdir(parents=True)
+        write_json(tmp / "predictions.json", predictions)
+        for n in names[:config.num_figures]:
+            draw_attention(images_dir / n, beam[n].words, beam[n].attention, tmp / "attention" / f"{Path(n).stem}.png",
+                           title=hypotheses[n])
+    write_json(config.metrics, metrics)
+    shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("bleu1", "bleu4", "meteor", "rouge_l", "cider")
+                      + (("attention_correctness",) if config.objects else ()))
+    print(f"evaluate: {len(names)} {config.split} images, beam {config.beam_size}: {shown} -> {config.metrics}")
+
+
+if __name__ == "__main__":
+    main()

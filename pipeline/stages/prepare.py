@@ -1,0 +1,114 @@
+"""Prepare: turn a captions file and an image folder into one clean (image, split, caption) table.
+
+Reads `dataset.captions` in one of the formats below (`dataset.format: auto` detects it) and
+`dataset.images`, and writes `dataset.table` and `dataset.report`, both or neither:
+
+- `captions.csv`: columns `image,split,caption`; `image` is the path relative to the image folder,
+  `split` is train, val or test, `caption` is normalised by `text.normalise`. Rows are ordered by
+  split (train, val, test), then image, then the captions' order in the source file.
+- `report.json`: the detected format, where the splits came from, images and captions per split,
+  and every caption dropped (and why), every line fixed and every oddity kept, each with counts and
+  the first few examples (line numbers, image names) so that the source can be fixed.
+
+Formats (pipeline/datasets/formats.py):
+- `flickr_token`: `IMAGE#N<TAB>caption` (Flickr8k `Flickr8k.token.txt`, Flickr30k
+  `results_20130124.token`, the built-in shapes demo);
+- `csv`: a header naming an image and a caption column (`image,caption`, `image_name,comment`, ...),
+  quoted fields allowed;
+- `pipe`: Flickr30k's `results.csv`, `image_name| comment_number| comment`;
+- `karpathy`: the Karpathy split JSON (`dataset_flickr8k.json`, `dataset_flickr30k.json`,
+  `dataset_coco.json`), which carries its own splits (restval counts as train).
+
+Splits are by image, never by caption: from `dataset.split_files` when given, else from the Karpathy
+JSON, else a seeded random split of the images with `dataset.split_ratios`. When the dropped captions
+exceed `dataset.max_dropped_fraction` of the caption lines read, the stage fails and writes nothing.
+
+Run: `python -m pipeline.stages.prepare` (reads params.yaml, or the file named by $PIPELINE_PARAMS).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import SPLITS, DatasetConfig, load_section
+from pipeline.datasets.cleaning import (
+    clean_captions,
+    count_captions,
+    drop_images,
+    resolve_splits,
+)
+from pipeline.datasets.formats import decode_text, detect_format, parse_captions
+from pipeline.datasets.report import Problems, build_report, check_dropped, summary
+from pipeline.datasets.splits import random_split, read_split_lists
+from pipeline.datasets.table import write_captions
+from pipeline.encoder.images import list_images, unreadable_images
+from pipeline.files import atomic_path, write_json
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The output table, as (image, split, caption) rows in output order, and the report."""
+
+    rows: list[tuple[str, str, str]]
+    report: dict[str, Any]
+
+
+def check_inputs(config: DatasetConfig) -> tuple[Path, Path]:
+    """The captions file and image folder, or FileNotFoundError naming the path and the params key."""
+    captions, images = Path(config.captions), Path(config.images)
+    if not captions.is_file():
+        raise FileNotFoundError(f"dataset.captions: captions file '{captions}' not found; "
+                                f"fix the path in params.yaml (relative to the project root)")
+    if not images.is_dir():
+        raise FileNotFoundError(f"dataset.images: image folder '{images}' not found; "
+                                f"fix the path in params.yaml (relative to the project root)")
+    return captions, images
+
+def prepare(config: DatasetConfig) -> Prepared:
+    """Read, check, clean and split the dataset; raise DatasetError when too much is dropped."""
+    captions_path, images_dir = check_inputs(config)
+    text = decode_text(captions_path.read_bytes())
+    fmt = detect_format(captions_path.name, text.lines) if config.format == "auto" else config.format
+    problems = Problems()
+    records = parse_captions(text, fmt, problems)
+    lines_read = len(records) + problems.counts["malformed_line"]
+
+    available = list_images(images_dir)
+    records = drop_images(records, {r.image: None for r in records if r.image not in available},
+                          "missing_image", problems)
+    split_of = read_split_lists(config.split_files) if config.split_files else None
+    split_source = "split_files" if split_of is not None else "karpathy" if fmt == "karpathy" else "random"
+    if split_source != "random":
+        records = resolve_splits(records, split_of, problems)
+    if config.check_images:
+        records = drop_images(records, unreadable_images(images_dir, sorted({r.image for r in records})),
+                              "unreadable_image", problems)
+    records = clean_captions(records, problems)
+    if split_source == "random":
+        split_of = random_split((r.image for r in records), config.split_ratios, config.seed)
+        records = [record._replace(split=split_of[record.image]) for record in records]
+
+    histogram = count_captions(records, config.captions_per_image, problems)
+    order = {split: index for index, split in enumerate(SPLITS)}
+    records.sort(key=lambda r: (order[r.split], r.image))  # stable: captions keep their file order
+    rows = [(r.image, r.split, r.text) for r in records]
+    report = build_report(config, fmt, split_source, lines_read, rows, histogram, problems)
+    check_dropped(report)
+    return Prepared(rows, report)
+
+def write_outputs(config: DatasetConfig, prepared: Prepared) -> None:
+    """Write the table and the report; each appears only once both are written."""
+    with atomic_path(config.table) as table, atomic_path(config.report) as report:
+        write_captions(table, prepared.rows)
+        write_json(report, prepared.report)
+
+def main() -> None:
+    config = load_section(DatasetConfig)
+    prepared = prepare(config)
+    write_outputs(config, prepared)
+    print(summary(prepared.report))
+
+
+if __name__ == "__main__":
+    main()

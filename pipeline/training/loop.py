@@ -1,0 +1,87 @@
+"""The training pieces: the model from the vocabulary and embeddings, one epoch, a process's share."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.encoder.feature_matrix import FeatureMatrix
+from pipeline.model.decoder import CaptionDecoder, DecoderConfig, caption_loss
+from pipeline.text import Vocabulary
+from pipeline.training.batches import EncodedCaptions
+from pipeline.training.precision import autocast_for
+
+
+def load_embeddings(path: Path, vocabulary: Vocabulary) -> torch.Tensor:
+    """The (V, D) embedding matrix, checked against the vocabulary."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: embeddings not found; run `dvc repro embeddings` first")
+    matrix = torch.from_numpy(np.load(path))
+    if matrix.ndim != 2 or matrix.size(0) != len(vocabulary):
+        raise ValueError(f"{path} has shape {tuple(matrix.shape)} but the vocabulary has {len(vocabulary)} words; "
+                         "rerun `dvc repro embeddings`")
+    return matrix
+
+
+def build_model(vocabulary: Vocabulary, embeddings: torch.Tensor, feature_dim: int,
+                config: ModelConfig) -> CaptionDecoder:
+    """The decoder with its embedding initialised from the matrix, frozen unless fine-tuned."""
+    model = CaptionDecoder(DecoderConfig(
+        vocab_size=len(vocabulary), embed_dim=embeddings.size(1), encoder_dim=feature_dim,
+        attention_dim=config.attention_dim, decoder_dim=config.decoder_dim, dropout=config.dropout,
+        pad_index=vocabulary.pad, max_caption_length=config.max_caption_length))
+    with torch.no_grad():
+        model.embedding.weight.copy_(embeddings)
+    model.embedding.weight.requires_grad_(config.fine_tune_embeddings)
+    return model
+
+
+def shard(batches: list[torch.Tensor], rank: int, world_size: int) -> list[torch.Tensor]:
+    """This process's batches: every world_size-th one, the same count on every process."""
+    usable = len(batches) // world_size * world_size or len(batches)
+    return batches[:usable][rank::world_size]
+
+
+def run_epoch(model: CaptionDecoder, features: FeatureMatrix, captions: EncodedCaptions, batches: list[torch.Tensor],
+              config: TrainConfig, device: torch.device, optimizer: torch.optim.Optimizer | None = None,
+              scaler: torch.amp.GradScaler | None = None, network: torch.nn.Module | None = None) -> dict[str, float]:
+    """One pass over `batches`: a training epoch with an optimizer, else a validation loss.
+
+    `network` is the module to call (the DistributedDataParallel wrapper of `model`), if any.
+    """
+    training = optimizer is not None
+    model.train(training)
+    network = network or model
+    autocast, _ = autocast_for(device, config.amp)
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # summed over real tokens: loss, cross-entropy
+    tokens_seen, started = 0, time.perf_counter()
+    for batch in batches:
+        length = int(captions.lengths[batch].max())
+        tokens = captions.tokens[batch, :length].to(device, non_blocking=True)  # (B, T)
+        x = features[captions.image_rows[batch]]  # (B, P, E)
+        with torch.set_grad_enabled(training), autocast:
+            logits, alphas = network(x, tokens)  # (B, T-1, V), (B, T-1, P)
+            loss, cross_entropy = caption_loss(logits, tokens[:, 1:], alphas, model.config.pad_index,
+                                               config.attention_penalty)
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+        real = int((captions.lengths[batch] - 1).sum())  # targets that are not PAD, counted on the host
+        totals += torch.stack([loss.detach(), cross_entropy.detach()]).double() * real  # stays on the device
+        tokens_seen += real
+    loss, cross_entropy = (totals / max(tokens_seen, 1)).tolist()  # the epoch's one synchronisation
+    seconds = time.perf_counter() - started
+    return {"loss": loss, "cross_entropy": cross_entropy, "tokens_per_s": tokens_seen / seconds}

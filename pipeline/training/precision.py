@@ -1,0 +1,21 @@
+"""Mixed precision: which autocast a device runs fastest and still trains well."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from pipeline.runtime import cpu_has_bf16
+
+
+def autocast_for(device: torch.device, amp: str) -> tuple[contextlib.AbstractContextManager, bool]:
+    """The autocast context for `train.amp`, and whether fp16 gradient scaling is needed.
+
+    `auto` is bf16 on CUDA and on CPUs with native bf16 arithmetic, else full precision.
+    """
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+    if amp == "fp32":
+        return contextlib.nullcontext(), False
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype), amp == "fp16"
