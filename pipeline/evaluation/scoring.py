@@ -2,8 +2,8 @@
 
 `coco_scores` is the standard COCO caption evaluation (PTB tokenizer, then each scorer); the
 tokenizer and METEOR run on Java, so it checks for a Java runtime first and says what to install.
-`bleu4` is the pure-Python BLEU-4 on already-normalised captions, cheap enough to run on the
-validation split every epoch.
+The same function scores evaluate's beam and greedy captions and train's validation captions
+(a subset of the metrics there: the PTB tokenizer runs once, METEOR is skipped).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 JAVA_HELP = ("pycocoevalcap's PTB tokenizer and METEOR need a Java runtime: install one "
              "(Debian/Ubuntu: `apt-get install default-jre-headless`; macOS: `brew install openjdk`) "
              "so that `java -version` works, then rerun.")
@@ -40,27 +41,31 @@ def _check(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str
         raise ValueError("no captions to score")
 
 
-def bleu4(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str]) -> float:
-    """Corpus BLEU-4 on whitespace-tokenised, already-normalised captions (no Java)."""
-    _check(references, hypotheses)
-    gts = {k: list(v) for k, v in references.items()}
-    res = {k: [hypotheses[k]] for k in references}
-    scores, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    return float(scores[3])
+def coco_scores(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str],
+                metrics: Sequence[str] = METRICS) -> dict[str, float]:
+    """BLEU-1..4, METEOR, ROUGE-L and CIDEr (or the named subset) of one hypothesis per image.
 
-
-def coco_scores(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str]) -> dict[str, float]:
-    """BLEU-1..4, METEOR, ROUGE-L and CIDEr of one hypothesis per image against its references."""
+    Every score in the project comes from here: the PTB tokenizer first, then each scorer, so the
+    validation scores that pick the checkpoint are the same measure as the reported ones.
+    """
     _check(references, hypotheses)
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown metric(s) {sorted(unknown)}; expected some of {METRICS}")
     require_java()
     tokenizer = PTBTokenizer()
     gts = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
     res = tokenizer.tokenize({k: [{"caption": hypotheses[k]}] for k in references})
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    results = {f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)}
-    meteor = Meteor()  # a java subprocess, ended when the object is dropped
-    results["meteor"] = float(meteor.compute_score(gts, res)[0])
-    del meteor
-    results["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
-    results["cider"] = float(Cider().compute_score(gts, res)[0])
+    results: dict[str, float] = {}
+    if any(m.startswith("bleu") for m in metrics):
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        results.update({f"bleu{n + 1}": float(b) for n, b in enumerate(bleu) if f"bleu{n + 1}" in metrics})
+    if "meteor" in metrics:
+        meteor = Meteor()  # a java subprocess, ended when the object is dropped
+        results["meteor"] = float(meteor.compute_score(gts, res)[0])
+        del meteor
+    if "rouge_l" in metrics:
+        results["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+    if "cider" in metrics:
+        results["cider"] = float(Cider().compute_score(gts, res)[0])
     return results

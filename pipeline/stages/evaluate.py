@@ -6,7 +6,8 @@
 
 Batched beam search (`evaluate.beam_size`) over the cached features, scored with pycocoevalcap
 against all references of each image (the standard COCO caption evaluation; it needs Java).
-Greedy BLEU-4 is reported beside the beam's. For the shapes demo (`evaluate.objects` set), the
+Greedy BLEU-4 and CIDEr are reported beside the beam's, and the beam captions' diversity (distinct
+captions, words used, share not copied from the training captions). For the shapes demo (`evaluate.objects` set), the
 attention-correctness score: the fraction of generated colour and shape words whose attention
 peak (the centre of the most attended grid cell) lies inside the box of an object of that colour
 or shape.
@@ -31,8 +32,9 @@ from pipeline.datasets.table import read_captions, references_by_image
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
 from pipeline.evaluation.attention import attention_correctness, load_objects
+from pipeline.evaluation.diversity import caption_diversity
 from pipeline.evaluation.figures import draw_attention
-from pipeline.evaluation.scoring import bleu4, coco_scores, require_java
+from pipeline.evaluation.scoring import coco_scores, require_java
 from pipeline.files import atomic_path, write_json
 from pipeline.model.captioner import describe_all, search_options
 from pipeline.model.checkpoint import load_checkpoint
@@ -65,7 +67,9 @@ def main() -> None:
                           search_options(vocabulary, 1, max_length, allow_unk=config.allow_unk), config.batch_size)
     hypotheses = {n: beam[n].text for n in names}
     metrics = coco_scores(references, hypotheses)
-    metrics["greedy_bleu4"] = bleu4(references, {n: greedy[n].text for n in names})
+    greedy_scores = coco_scores(references, {n: greedy[n].text for n in names}, ("bleu4", "cider"))
+    metrics.update({f"greedy_{k}": v for k, v in greedy_scores.items()})
+    metrics.update(caption_diversity(hypotheses, read_captions(dataset.table, "train")["caption"]))
     metrics.update(images=len(names), beam_size=config.beam_size, checkpoint_epoch=int(payload.get("epoch", 0)))
     images_dir = Path(dataset.images)
     if config.objects:

@@ -1,40 +1,41 @@
 """Stage `train`: fit the attention decoder on the cached features with teacher forcing.
 
-    data/features/features.h5, data/prepared/captions.csv, data/vocab/vocab.json,
-    data/embeddings/embeddings.npy -> data/train/best.pt, data/train/last.pt,
-    metrics/train (dvclive metrics and per-epoch plots), data/train/tensorboard
+    encoder.cache, dataset.table, vocab.path, embeddings.matrix
+        -> train.checkpoint (best.pt), train.last_checkpoint (last.pt),
+           train.metrics_dir (dvclive metrics and per-epoch plots), train.log_dir (TensorBoard)
 
 Adam with weight decay, StepLR, gradient clipping, cross-entropy + doubly stochastic attention
-penalty, early stopping on the validation split (greedy BLEU-4, or loss). Every epoch writes
-`last.pt` (model, optimiser, scheduler, early-stopping state); a rerun with the same inputs and
-params resumes from it, so an interrupted run loses at most one epoch. `best.pt` holds the best
-epoch's weights with everything `evaluate` and `caption` need to rebuild the model.
+penalty. Every epoch scores the validation split (loss, and greedy captions scored with BLEU-4 and
+CIDEr by the scorer evaluate uses) and keeps the best epoch by `train.early_stopping` (CIDEr by
+default: a constant caption can win BLEU, not CIDEr); training stops after `train.patience`
+epochs without improvement. Every epoch writes `last.pt` (model, optimiser, scheduler, gradient
+scaler, per-epoch scores); a rerun continues it only when it is the same run (see
+pipeline/training/resume.py), so an interrupted run loses at most one epoch and a changed stage
+always starts afresh.
 
 Run: python -m pipeline.stages.train
      torchrun --nproc_per_node N -m pipeline.stages.train   # DistributedDataParallel over N GPUs (or CPU
-                                                     # processes with gloo); train.batch_size is per process
+                                                            # processes with gloo); train.batch_size is per process
+Under torchrun every process takes its share of each global batch and of the validation work;
+rank 0 scores, decides early stopping and writes every file; the others follow its decisions.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.config import (
-    DatasetConfig,
-    EmbeddingsConfig,
-    EncoderConfig,
-    ModelConfig,
-    TrainConfig,
-    VocabConfig,
-    load_section,
-)
+from pipeline.config import (DatasetConfig, EmbeddingsConfig, EncoderConfig, ModelConfig, TrainConfig, VocabConfig,
+                             load_section)
 from pipeline.datasets.table import read_captions, references_by_image
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
-from pipeline.evaluation.scoring import bleu4
+from pipeline.evaluation.scoring import coco_scores
 from pipeline.files import save_torch
 from pipeline.model.captioner import describe_all, search_options
 from pipeline.model.checkpoint import checkpoint_payload
@@ -42,17 +43,53 @@ from pipeline.runtime import seed_everything, start_processes, stop_processes
 from pipeline.text import Vocabulary
 from pipeline.training.batches import bucket_batches, encode_captions
 from pipeline.training.epoch_log import EpochLog
-from pipeline.training.loop import build_model, load_embeddings, run_epoch, shard
+from pipeline.training.loop import build_model, load_embeddings, run_epoch
 from pipeline.training.precision import autocast_for
-from pipeline.training.resume import fingerprint
+from pipeline.training.resume import can_continue, stage_identity
+
+VALIDATION_METRICS = ("bleu4", "cider")
+
+
+def improved(score: float, best: float | None, criterion: str) -> bool:
+    """Whether `score` beats `best` under the early-stopping criterion (loss falls, the others rise)."""
+    return best is None or (score < best if criterion == "loss" else score > best)
+
+
+def follow_rank_zero(value: Any, world_size: int) -> Any:
+    """Rank 0's `value` on every process: one decision, even where validation differs across devices."""
+    if world_size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(items: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """The union of every process's dict."""
+    if world_size == 1:
+        return items
+    parts: list[dict[str, Any] | None] = [None] * world_size
+    dist.all_gather_object(parts, items)
+    return {key: value for part in parts for key, value in (part or {}).items()}
+
+
+def resume_state(path: Path, identity: str, config: TrainConfig, best_path: Path) -> tuple[dict | None, str]:
+    """The last.pt payload to continue, or None and why not."""
+    if not config.resume or not path.is_file():
+        return None, "no last.pt to continue" if config.resume else "train.resume is false"
+    last = torch.load(path, map_location="cpu", weights_only=True)
+    if last.get("identity") != identity or not best_path.is_file():
+        return None, f"{path} was made from other code, inputs or params"
+    why = can_continue(last["state"]["scores"], config.epochs, config.patience, config.early_stopping != "loss")
+    return (None, f"{path} cannot be continued: {why}") if why else (last, "")
 
 
 def main() -> None:
     dataset, vocab_config = load_section(DatasetConfig), load_section(VocabConfig)
     embeddings_config, encoder_config = load_section(EmbeddingsConfig), load_section(EncoderConfig)
     model_config, config = load_section(ModelConfig), load_section(TrainConfig)
-    seed_everything(config.seed)
     rank, world_size, device = start_processes(config.device)
+    seed_everything(config.seed)
     try:
         fit(dataset, vocab_config, embeddings_config, encoder_config, model_config, config, rank, world_size, device)
     finally:
@@ -63,88 +100,107 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
         encoder_config: EncoderConfig, model_config: ModelConfig, config: TrainConfig,
         rank: int, world_size: int, device: torch.device) -> None:
     """Train, validate, checkpoint and log every epoch; only rank 0 writes files."""
-    vocab_path, embeddings_path, table_path = Path(vocab_config.path), Path(embeddings_config.matrix), Path(dataset.table)
-    vocabulary = Vocabulary.from_json(vocab_path)
+    clock = {"start": time.perf_counter()}
+    say = print if rank == 0 else (lambda *args, **kwargs: None)
+    last_path, best_path = Path(config.last_checkpoint), Path(config.checkpoint)
+    identity = follow_rank_zero(stage_identity("train") if rank == 0 else None, world_size)
+    last, reason = resume_state(last_path, identity, config, best_path)
+    state = last["state"] if last else {"epoch": 0, "scores": [], "best_score": None, "best_epoch": 0}
+    criterion = config.early_stopping
+    if last and (state["epoch"] >= config.epochs or
+                 len(state["scores"]) - state["best_epoch"] >= config.patience):
+        say(f"train: {last_path} already holds this run, finished after epoch {state['epoch']} "
+            f"(best epoch {state['best_epoch']}); nothing to train")
+        return
+    clock["identity"] = time.perf_counter()
+
+    vocabulary = Vocabulary.from_json(Path(vocab_config.path))
     store = FeatureStore(encoder_config.cache)
-    table = read_captions(table_path)
+    table = read_captions(dataset.table)
     train_table, val_table = table[table["split"] == "train"], table[table["split"] == "val"]
     if train_table.empty or val_table.empty:
-        raise ValueError(f"{table_path} needs train and val captions (early stopping uses val); "
+        raise ValueError(f"{dataset.table} needs train and val captions (early stopping uses val); "
                          "check dataset.split_ratios / split_files")
     features = FeatureMatrix(store, pd.concat([train_table, val_table])["image"], device)
-    train_set = encode_captions(train_table, vocabulary, features.rows, model_config.max_caption_length)
-    val_set = encode_captions(val_table, vocabulary, features.rows, model_config.max_caption_length)
-    val_batches = bucket_batches(val_set.lengths, config.batch_size, torch.Generator().manual_seed(0))
+    clock["features"] = time.perf_counter()
+    max_words = model_config.max_caption_length
+    train_set = encode_captions(train_table, vocabulary, features.rows, max_words)
+    val_set = encode_captions(val_table, vocabulary, features.rows, max_words)
+    cut = int((train_set.lengths >= max_words + 2).sum())  # START + max_words + END: reached the limit
+    if cut:
+        say(f"train: {cut} of {len(train_set)} training captions reach model.max_caption_length = {max_words} "
+            f"words and are cut there")
+    val_batches = bucket_batches(val_set.lengths, config.batch_size * world_size, torch.Generator().manual_seed(0))
     val_references = references_by_image(val_table)
     val_names = sorted(val_references)
+    my_val_names = val_names[rank::world_size]
 
-    model = build_model(vocabulary, load_embeddings(embeddings_path, vocabulary), store.feature_dim,
+    model = build_model(vocabulary, load_embeddings(Path(embeddings_config.matrix), vocabulary), store.feature_dim,
                         model_config).to(device)
     model.set_feature_statistics(*features.statistics(train_set.image_rows))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                  weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_epochs, config.lr_gamma)
     _, needs_scaler = autocast_for(device, config.amp)
-    scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
-    identity = fingerprint([vocab_path, embeddings_path, table_path], store, model_config, config)
-
-    state = {"epoch": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0}
-    last_path, best_path = Path(config.last_checkpoint), Path(config.checkpoint)
-    resumed = False
-    if config.resume and last_path.is_file():
-        last = torch.load(last_path, map_location=device, weights_only=True)
-        if last.get("fingerprint") == identity and best_path.is_file():
-            model.load_state_dict(last["model"])
-            optimizer.load_state_dict(last["optimizer"])
-            scheduler.load_state_dict(last["scheduler"])
-            state = last["state"]
-            resumed = True
-            if rank == 0:
-                print(f"train: resuming from {last_path} after epoch {state['epoch']}")
-        elif rank == 0:
-            print(f"train: {last_path} was made from other code, inputs or params; starting afresh")
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
+    if last:
+        model.load_state_dict(last["model"])
+        optimizer.load_state_dict(last["optimizer"])
+        scheduler.load_state_dict(last["scheduler"])
+        scaler.load_state_dict(last["scaler"])
+        say(f"train: resuming from {last_path} after epoch {state['epoch']}")
+    else:
+        say(f"train: starting afresh ({reason})")
     network = model
     if world_size > 1:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    log = EpochLog(config, resumed) if rank == 0 else None  # only rank 0 writes files
+    log = EpochLog(config, resumed=last is not None) if rank == 0 else None
+    clock["model"] = time.perf_counter()
+    say(f"train: start-up {clock['model'] - clock['start']:.1f} s (resume check {clock['identity'] - clock['start']:.1f} s, "
+        f"features {clock['features'] - clock['identity']:.1f} s on {device}, {'resident' if features.resident else 'streamed'}; "
+        f"captions, model and feature statistics {clock['model'] - clock['features']:.1f} s); "
+        f"{len(train_set)} training captions, {len(val_set)} validation captions", flush=True)
 
-    higher_is_better = config.early_stopping == "bleu4"
     for epoch in range(state["epoch"], config.epochs):
-        if state["bad_epochs"] >= config.patience:
-            break
-        torch.manual_seed(config.seed + epoch)  # dropout and batch order replay exactly on resume
-        batches = bucket_batches(train_set.lengths, config.batch_size, torch.Generator().manual_seed(config.seed + epoch))
-        train_stats = run_epoch(model, features, train_set, shard(batches, rank, world_size), config, device,
-                                optimizer, scaler, network)
-        with torch.no_grad():  # every process validates the same (synchronised) weights: same decisions
-            val_stats = run_epoch(model, features, val_set, val_batches, config, device)
-            greedy = describe_all(model, val_names, lambda names: features[features.rows_of(names)], vocabulary,
-                                  search_options(vocabulary, 1, model_config.max_caption_length), batch_size=256)
-        hypotheses = {name: caption.text for name, caption in greedy.items()}
-        val_stats["bleu4"] = bleu4(val_references, hypotheses)
+        torch.manual_seed(config.seed + epoch * 1000 + rank)  # dropout: replays on resume, differs across processes
+        batches = bucket_batches(train_set.lengths, config.batch_size * world_size,
+                                 torch.Generator().manual_seed(config.seed + epoch))  # the same on every process
+        train_stats = run_epoch(model, features, train_set, batches, config, device, optimizer, scaler, network,
+                                world_size, progress=f"epoch {epoch + 1}" if rank == 0 else None)
+        with torch.no_grad():
+            val_stats = run_epoch(model, features, val_set, val_batches, config, device, world_size=world_size)
+            greedy = describe_all(model, my_val_names, lambda names: features[features.rows_of(names)], vocabulary,
+                                  search_options(vocabulary, 1, max_words), batch_size=256)
+        hypotheses = gather({name: caption.text for name, caption in greedy.items()}, world_size)
+        if rank == 0:
+            val_stats.update(coco_scores(val_references, hypotheses, VALIDATION_METRICS))
+        val_stats = follow_rank_zero(val_stats, world_size)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
 
-        score = val_stats["bleu4"] if higher_is_better else val_stats["loss"]
-        best = state["best_score"]
-        improved = best is None or (score > best if higher_is_better else score < best)
-        state.update(epoch=epoch + 1, bad_epochs=0 if improved else state["bad_epochs"] + 1)
-        if improved:
+        score = val_stats[criterion]
+        better = improved(score, state["best_score"], criterion)
+        state["scores"].append(score)
+        state["epoch"] = epoch + 1
+        if better:
             state.update(best_score=score, best_epoch=epoch + 1)
-        if log is None:
-            continue
-        if improved:
-            save_torch(best_path, checkpoint_payload(model, vocabulary.words, store.attrs, epoch=epoch + 1,
-                                               val_bleu4=val_stats["bleu4"], val_loss=val_stats["loss"]))
-        save_torch(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "state": state, "fingerprint": identity})
-        samples = [f"{n}: {hypotheses[n]}  (ref: {val_references[n][0]})" for n in val_names[:config.num_samples]]
-        log.epoch(epoch + 1, train_stats, val_stats, lr, samples, improved)
+        if log is not None:
+            if better:
+                save_torch(best_path, checkpoint_payload(model, vocabulary.words, store.attrs, epoch=epoch + 1,
+                                                         **{f"val_{k}": v for k, v in val_stats.items()}))
+            save_torch(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                   "state": state, "identity": identity})
+            samples = [f"{n}: {hypotheses[n]}  (ref: {val_references[n][0]})" for n in val_names[:config.num_samples]]
+            log.epoch(epoch + 1, train_stats, val_stats, lr, samples, better)
+        if len(state["scores"]) - state["best_epoch"] >= config.patience:
+            say(f"train: no better validation {criterion} for {config.patience} epochs; stopping")
+            break
 
     if log is not None:
         log.close(state)
-        print(f"train: best epoch {state['best_epoch']} of {state['epoch']} (val {config.early_stopping} "
-              f"{state['best_score']:.4f}) -> {best_path}")
+        say(f"train: best epoch {state['best_epoch']} of {state['epoch']} (val {criterion} "
+            f"{state['best_score']:.4f}) -> {best_path}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ class EpochLog:
               samples: list[str], improved: bool) -> None:
         for name, value in [("train/loss", train_stats["loss"]), ("train/cross_entropy", train_stats["cross_entropy"]),
                             ("val/loss", val_stats["loss"]), ("val/cross_entropy", val_stats["cross_entropy"]),
-                            ("val/bleu4", val_stats["bleu4"]), ("lr", lr)]:
+                            ("val/bleu4", val_stats["bleu4"]), ("val/cider", val_stats["cider"]), ("lr", lr)]:
             self.live.log_metric(name, value)
             self.writer.add_scalar(name, value, epoch)
         self.writer.add_scalar("train/tokens_per_s", train_stats["tokens_per_s"], epoch)
@@ -39,7 +39,7 @@ class EpochLog:
         with self.samples.open("a", encoding="utf-8") as handle:
             handle.write(f"epoch {epoch}\n" + "".join(f"  {sample}\n" for sample in samples))
         print(f"epoch {epoch}/{self.config.epochs}: train loss {train_stats['loss']:.3f}, val loss "
-              f"{val_stats['loss']:.3f}, val BLEU-4 {val_stats['bleu4']:.3f}, "
+              f"{val_stats['loss']:.3f}, val BLEU-4 {val_stats['bleu4']:.3f}, val CIDEr {val_stats['cider']:.3f}, "
               f"{train_stats['tokens_per_s']:.0f} tokens/s{' *' if improved else ''}", flush=True)
         for sample in samples:
             print(f"  {sample}", flush=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.encoder.feature_matrix import FeatureMatrix
@@ -40,48 +41,69 @@ def build_model(vocabulary: Vocabulary, embeddings: torch.Tensor, feature_dim: i
 
 
 def shard(batches: list[torch.Tensor], rank: int, world_size: int) -> list[torch.Tensor]:
-    """This process's batches: every world_size-th one, the same count on every process."""
-    usable = len(batches) // world_size * world_size or len(batches)
-    return batches[:usable][rank::world_size]
+    """This process's part of each global batch (every world_size-th caption of it).
+
+    Every process gets the same number of batches, each non-empty (a DDP step needs every process),
+    so a global batch with fewer captions than processes is left out.
+    """
+    if world_size == 1:
+        return batches
+    return [batch[rank::world_size] for batch in batches if batch.numel() >= world_size]
 
 
 def run_epoch(model: CaptionDecoder, features: FeatureMatrix, captions: EncodedCaptions, batches: list[torch.Tensor],
               config: TrainConfig, device: torch.device, optimizer: torch.optim.Optimizer | None = None,
-              scaler: torch.amp.GradScaler | None = None, network: torch.nn.Module | None = None) -> dict[str, float]:
-    """One pass over `batches`: a training epoch with an optimizer, else a validation loss.
+              scaler: torch.amp.GradScaler | None = None, network: torch.nn.Module | None = None,
+              world_size: int = 1, progress: str | None = None) -> dict[str, float]:
+    """One pass over global `batches`: a training epoch with an optimizer, else a validation loss.
 
-    `network` is the module to call (the DistributedDataParallel wrapper of `model`), if any.
+    Each process takes its share of every batch (`shard`); `network` is the module to call (the
+    DistributedDataParallel wrapper of `model`), if any. Each process's loss is weighted by its
+    share of the batch's tokens, so the averaged gradient is the token mean over the whole global
+    batch, as one process would compute it. Returns token-mean loss and cross-entropy over all
+    processes, and this process's tokens/s. With `progress`, a progress bar of that name.
     """
     training = optimizer is not None
     model.train(training)
     network = network or model
     autocast, _ = autocast_for(device, config.amp)
+    rank = torch.distributed.get_rank() if world_size > 1 else 0
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # summed over real tokens: loss, cross-entropy
     tokens_seen, started = 0, time.perf_counter()
-    for batch in batches:
-        length = int(captions.lengths[batch].max())
-        tokens = captions.tokens[batch, :length].to(device, non_blocking=True)  # (B, T)
-        x = features[captions.image_rows[batch]]  # (B, P, E)
-        with torch.set_grad_enabled(training), autocast:
-            logits, alphas = network(x, tokens)  # (B, T-1, V), (B, T-1, P)
-            loss, cross_entropy = caption_loss(logits, tokens[:, 1:], alphas, model.config.pad_index,
-                                               config.attention_penalty)
-        if training:
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-        real = int((captions.lengths[batch] - 1).sum())  # targets that are not PAD, counted on the host
-        totals += torch.stack([loss.detach(), cross_entropy.detach()]).double() * real  # stays on the device
-        tokens_seen += real
-    loss, cross_entropy = (totals / max(tokens_seen, 1)).tolist()  # the epoch's one synchronisation
+    global_tokens = [int((captions.lengths[b] - 1).sum()) for b in batches if b.numel() >= world_size]
+    mine = shard(batches, rank, world_size)
+    with tqdm(total=sum(global_tokens), disable=progress is None, desc=progress, unit="tok", unit_scale=True,
+              mininterval=1.0, leave=False) as bar:
+        for batch, batch_tokens in zip(mine, global_tokens):
+            length = int(captions.lengths[batch].max())
+            tokens = captions.tokens[batch, :length].to(device, non_blocking=True)  # (B, T)
+            x = features[captions.image_rows[batch]]  # (B, P, E)
+            real = int((captions.lengths[batch] - 1).sum())  # targets that are not PAD, counted on the host
+            with torch.set_grad_enabled(training), autocast:
+                logits, alphas = network(x, tokens)  # (B, T-1, V), (B, T-1, P)
+                loss, cross_entropy = caption_loss(logits, tokens[:, 1:], alphas, model.config.pad_index,
+                                                   config.attention_penalty)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                share = real * world_size / batch_tokens  # DDP averages over processes: weight by token share
+                if scaler is not None:
+                    scaler.scale(loss * share).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    (loss * share).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+            totals += torch.stack([loss.detach(), cross_entropy.detach()]).double() * real  # stays on the device
+            tokens_seen += real
+            bar.update(batch_tokens)
+    totals = torch.cat([totals, torch.tensor([float(tokens_seen)], dtype=torch.float64, device=device)])
+    if world_size > 1:
+        torch.distributed.all_reduce(totals)
+    loss, cross_entropy, count = totals.tolist()  # the epoch's one synchronisation
     seconds = time.perf_counter() - started
-    return {"loss": loss, "cross_entropy": cross_entropy, "tokens_per_s": tokens_seen / seconds}
+    return {"loss": loss / max(count, 1), "cross_entropy": cross_entropy / max(count, 1),
+            "tokens_per_s": tokens_seen / seconds}

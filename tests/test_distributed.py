@@ -1,0 +1,132 @@
+"""Training under torchrun (gloo, 2 CPU processes): same result as one process, one decision, no hang."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pipeline.config import TrainConfig
+from pipeline.model.decoder import CaptionDecoder, DecoderConfig
+from pipeline.stages.train import follow_rank_zero
+from pipeline.training.batches import EncodedCaptions
+from pipeline.training.loop import run_epoch, shard
+
+TIMEOUT = 120  # seconds: a hang becomes a failure
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def config(batch_size: int) -> TrainConfig:
+    return TrainConfig(batch_size=batch_size, epochs=1, lr=0.01, weight_decay=0.0, lr_step_epochs=1, lr_gamma=1.0,
+                       grad_clip=1e9, attention_penalty=0.0, patience=1, early_stopping="loss", num_samples=0,
+                       amp="fp32", device="cpu", seed=0, resume=False, checkpoint="b.pt", last_checkpoint="l.pt",
+                       log_dir="tb", metrics_dir="m")
+
+
+class Features:
+    """Features indexed by image rows, like FeatureMatrix."""
+
+    def __init__(self, data: torch.Tensor) -> None:
+        self.data = data
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.data[rows]
+
+
+def problem() -> tuple[CaptionDecoder, Features, EncodedCaptions, list[torch.Tensor]]:
+    """A tiny model and 16 captions of varied lengths in 2 global batches of 8."""
+    torch.manual_seed(0)
+    model = CaptionDecoder(DecoderConfig(vocab_size=12, embed_dim=6, encoder_dim=8, attention_dim=5,
+                                         decoder_dim=7, dropout=0.0))
+    features = Features(torch.randn(4, 4, 8))
+    lengths = torch.tensor([3, 5, 4, 6, 3, 7, 5, 4, 6, 3, 4, 5, 7, 6, 3, 4])
+    tokens = torch.zeros(16, 7, dtype=torch.long)
+    for i, length in enumerate(lengths.tolist()):
+        tokens[i, 0], tokens[i, 1:length - 1], tokens[i, length - 1] = 1, torch.randint(4, 12, (length - 2,)), 2
+    captions = EncodedCaptions(tokens, lengths, torch.arange(16) % 4)
+    return model, features, captions, [torch.arange(0, 8), torch.arange(8, 16)]
+
+
+def worker(rank: int, world_size: int, port: int, out: str) -> None:
+    """Every distributed case in one process group: starting processes costs more than the cases."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        for task in ("train", "decide", "tiny"):
+            run_task(task, rank, world_size, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_task(task: str, rank: int, world_size: int, out: str) -> None:
+    """One case, run by both processes."""
+    if task == "train":
+        model, features, captions, batches = problem()
+        network = torch.nn.parallel.DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        stats = run_epoch(model, features, captions, batches, config(4), torch.device("cpu"), optimizer, None,
+                          network, world_size)
+        if rank == 0:
+            torch.save({"stats": stats, "weights": model.state_dict()}, f"{out}/ddp.pt")
+    elif task == "decide":  # each process sees a different score; rank 0's decision holds everywhere
+        decision = follow_rank_zero({"stop": rank == 0, "score": float(rank)}, world_size)
+        torch.save(decision, f"{out}/decision.{rank}")
+    elif task == "tiny":  # one global batch with fewer captions than processes
+        model, features, captions, _ = problem()
+        network = torch.nn.parallel.DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        stats = run_epoch(model, features, captions, [torch.tensor([3])], config(1), torch.device("cpu"),
+                          optimizer, None, network, world_size)
+        torch.save(stats, f"{out}/tiny.{rank}")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder where two gloo processes left their results."""
+    out = tmp_path_factory.mktemp("distributed")
+    context = mp.start_processes(worker, args=(2, free_port(), str(out)), nprocs=2, join=False,
+                                 start_method="spawn")
+    for process in context.processes:
+        process.join(TIMEOUT)
+    alive = [p for p in context.processes if p.is_alive()]
+    for process in alive:
+        process.kill()
+    assert not alive, f"processes still running after {TIMEOUT} s (a hang)"
+    assert all(p.exitcode == 0 for p in context.processes), [p.exitcode for p in context.processes]
+    return out
+
+
+def test_two_processes_match_one_process_on_the_same_global_batch(results: Path) -> None:
+    ddp = torch.load(results / "ddp.pt", weights_only=True)
+    model, features, captions, batches = problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    single = run_epoch(model, features, captions, batches, config(8), torch.device("cpu"), optimizer)
+    assert abs(ddp["stats"]["loss"] - single["loss"]) < 1e-5
+    for name, value in model.state_dict().items():
+        assert torch.allclose(ddp["weights"][name], value, atol=1e-5), name
+
+
+def test_rank_zero_decides_for_every_process(results: Path) -> None:
+    decisions = [torch.load(results / f"decision.{rank}", weights_only=True) for rank in range(2)]
+    assert decisions == [{"stop": True, "score": 0.0}] * 2
+
+
+def test_fewer_captions_than_processes_does_not_hang(results: Path) -> None:
+    stats = [torch.load(results / f"tiny.{rank}", weights_only=True) for rank in range(2)]
+    assert stats[0]["loss"] == stats[1]["loss"] == 0.0  # the one-caption batch is left out on both
+
+
+def test_shard_splits_each_global_batch() -> None:
+    batches = [torch.arange(0, 5), torch.arange(5, 6), torch.arange(6, 10)]
+    assert [b.tolist() for b in shard(batches, 0, 2)] == [[0, 2, 4], [6, 8]]
+    assert [b.tolist() for b in shard(batches, 1, 2)] == [[1, 3], [7, 9]]
+    assert shard(batches, 0, 1) == batches

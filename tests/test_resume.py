@@ -1,0 +1,116 @@
+"""Training resumes only the run it belongs to: the identity covers exactly dvc.yaml's deps and params."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline.training.resume import CONTINUABLE, can_continue, stage_identity, stop_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def changed(value: object) -> object:
+    """A different value of the same type."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "x"
+    raise TypeError(value)
+
+
+def declared_param_changes(params: dict) -> list[tuple[str, str]]:
+    """(section, key) of every train param declared in dvc.yaml, a section expanded to its keys."""
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"]
+    pairs = []
+    for entry in declared:
+        section, _, key = entry.partition(".")
+        keys = [key] if key else list(params[section])
+        pairs += [(section, k) for k in keys if f"{section}.{k}" not in CONTINUABLE]
+    return pairs
+
+
+@pytest.fixture
+def project(tiny_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the tiny project (data up to embeddings), as the working directory."""
+    copy = tmp_path / "project"
+    shutil.copytree(tiny_project, copy)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("PIPELINE_PARAMS", raising=False)
+    return copy
+
+
+def test_every_declared_param_changes_the_identity(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    base = stage_identity("train", ROOT / "dvc.yaml", project / "params.yaml")
+    pairs = declared_param_changes(params)
+    assert ("model", "max_caption_length") in pairs and ("train", "lr") in pairs
+    for section, key in pairs:
+        variant = yaml.safe_load((project / "params.yaml").read_text())
+        variant[section][key] = changed(variant[section][key])
+        path = project / "variant.yaml"
+        path.write_text(yaml.safe_dump(variant))
+        assert stage_identity("train", ROOT / "dvc.yaml", path) != base, f"{section}.{key}"
+
+
+def test_continuable_params_and_undeclared_ones_keep_the_identity(project: Path) -> None:
+    base = stage_identity("train", ROOT / "dvc.yaml", project / "params.yaml")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] += 5
+    params["train"]["patience"] += 5
+    params["evaluate"]["beam_size"] += 1  # not a train param
+    (project / "variant.yaml").write_text(yaml.safe_dump(params))
+    assert stage_identity("train", ROOT / "dvc.yaml", project / "variant.yaml") == base
+
+
+def test_a_changed_dependency_changes_the_identity(project: Path) -> None:
+    base = stage_identity("train", ROOT / "dvc.yaml", project / "params.yaml")
+    matrix = project / "data/embeddings/embeddings.npy"
+    data = bytearray(matrix.read_bytes())
+    data[-1] ^= 1  # one bit of one embedding
+    matrix.write_bytes(bytes(data))
+    assert stage_identity("train", ROOT / "dvc.yaml", project / "params.yaml") != base
+
+
+def test_stop_epoch_and_can_continue() -> None:
+    scores = [0.1, 0.3, 0.2, 0.25, 0.2]  # best at epoch 2, then three epochs without improvement
+    assert stop_epoch(scores, patience=3, higher_is_better=True) == 5
+    assert stop_epoch(scores, patience=2, higher_is_better=True) == 4
+    assert stop_epoch(scores, patience=4, higher_is_better=True) is None
+    assert stop_epoch([3.0, 2.0, 2.5], patience=1, higher_is_better=False) == 3
+    assert can_continue(scores, epochs=10, patience=3, higher_is_better=True) is None  # it stopped exactly there
+    assert can_continue(scores, epochs=10, patience=5, higher_is_better=True) is None  # more patience: go on
+    assert "would have stopped after epoch 4" in can_continue(scores, epochs=10, patience=2, higher_is_better=True)
+    assert "more than train.epochs = 4" in can_continue(scores, epochs=4, patience=9, higher_is_better=True)
+
+
+def run_train(project: Path, capsys: pytest.CaptureFixture, **train: object) -> str:
+    from pipeline.stages import train as stage
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(train)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    capsys.readouterr()
+    stage.main()
+    return capsys.readouterr().out
+
+
+def test_resume_continues_only_the_same_run(project: Path, capsys: pytest.CaptureFixture) -> None:
+    first = run_train(project, capsys, epochs=2)
+    assert "starting afresh" in first and "best epoch" in first
+    best = torch.load(project / "data/train/best.pt", weights_only=True)
+    assert "nothing to train" in run_train(project, capsys, epochs=2)
+    assert torch.equal(torch.load(project / "data/train/best.pt", weights_only=True)["state_dict"]["output.weight"],
+                       best["state_dict"]["output.weight"])
+    longer = run_train(project, capsys, epochs=3)
+    assert "resuming from" in longer and "after epoch 2" in longer and "epoch 3/3" in longer
+    shorter = run_train(project, capsys, epochs=1)  # the 3-epoch run cannot stand in for a 1-epoch one
+    assert "cannot be continued: it ran 3 epochs, more than train.epochs = 1" in shorter
+    assert torch.load(project / "data/train/last.pt", weights_only=True)["state"]["epoch"] == 1
+    other = run_train(project, capsys, epochs=1, lr=0.002)
+    assert "was made from other code, inputs or params" in other
