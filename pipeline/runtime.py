@@ -75,3 +75,27 @@ def stop_processes(world_size: int) -> None:
 
     if world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+TORCHRUN_ENV = "PIPELINE_TORCHRUN"  # torchrun's options, e.g. "--nproc_per_node 4"; unset: one process
+
+
+def relaunch_under_torchrun(module: str) -> bool:
+    """Run `module` under torchrun with the options in $PIPELINE_TORCHRUN, if set; True when it ran so.
+
+    The stage's command in dvc.yaml stays `python -m pipeline.stages.<stage>` on every machine (so
+    its hash does not change with the number of GPUs); the process count comes from the environment.
+    """
+    import shlex
+    import subprocess
+    import sys
+
+    options = os.environ.get(TORCHRUN_ENV, "").strip()
+    if not options or "RANK" in os.environ:  # not asked for, or already one of torchrun's processes
+        return False
+    command = [sys.executable, "-m", "torch.distributed.run", *shlex.split(options), "-m", module]
+    print(f"{module}: running under torchrun: {' '.join(command[1:])}", flush=True)
+    completed = subprocess.run(command, check=False)
+    if completed.returncode:
+        raise SystemExit(completed.returncode)
+    return True

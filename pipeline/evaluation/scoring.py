@@ -53,9 +53,12 @@ def coco_scores(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str
     if unknown:
         raise ValueError(f"unknown metric(s) {sorted(unknown)}; expected some of {METRICS}")
     require_java()
-    tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
-    res = tokenizer.tokenize({k: [{"caption": hypotheses[k]}] for k in references})
+    # one run of the (Java) tokenizer for both sides
+    both = {**{f"ref\t{k}": [{"caption": c} for c in v] for k, v in references.items()},
+            **{f"hyp\t{k}": [{"caption": hypotheses[k]}] for k in references}}
+    tokens = PTBTokenizer().tokenize(both)
+    gts = {k: tokens[f"ref\t{k}"] for k in references}
+    res = {k: tokens[f"hyp\t{k}"] for k in references}
     results: dict[str, float] = {}
     if any(m.startswith("bleu") for m in metrics):
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)

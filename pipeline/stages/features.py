@@ -38,7 +38,7 @@ from pipeline.encoder.extraction import (
     share,
 )
 from pipeline.encoder.resnet import FEATURE_DIM, STRIDE, build_encoder, encoder_info
-from pipeline.runtime import resolve_precision, start_processes, stop_processes
+from pipeline.runtime import relaunch_under_torchrun, resolve_precision, start_processes, stop_processes
 
 
 def read_image_list(table: str | Path) -> list[str]:
@@ -87,4 +87,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if not relaunch_under_torchrun("pipeline.stages.features"):
+        main()

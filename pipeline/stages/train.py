@@ -39,7 +39,7 @@ from pipeline.evaluation.scoring import coco_scores
 from pipeline.files import save_torch
 from pipeline.model.captioner import describe_all, search_options
 from pipeline.model.checkpoint import checkpoint_payload
-from pipeline.runtime import seed_everything, start_processes, stop_processes
+from pipeline.runtime import relaunch_under_torchrun, seed_everything, start_processes, stop_processes
 from pipeline.text import Vocabulary
 from pipeline.training.batches import bucket_batches, encode_captions
 from pipeline.training.epoch_log import EpochLog
@@ -162,7 +162,7 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
         f"{len(train_set)} training captions, {len(val_set)} validation captions", flush=True)
 
     for epoch in range(state["epoch"], config.epochs):
-        torch.manual_seed(config.seed + epoch * 1000 + rank)  # dropout: replays on resume, differs across processes
+        torch.manual_seed(config.seed + epoch + 1_000_003 * rank)  # dropout: replays on resume, differs across processes
         batches = bucket_batches(train_set.lengths, config.batch_size * world_size,
                                  torch.Generator().manual_seed(config.seed + epoch))  # the same on every process
         train_stats = run_epoch(model, features, train_set, batches, config, device, optimizer, scaler, network,
@@ -204,4 +204,5 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
 
 
 if __name__ == "__main__":
-    main()
+    if not relaunch_under_torchrun("pipeline.stages.train"):
+        main()

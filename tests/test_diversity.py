@@ -1,0 +1,24 @@
+"""Caption diversity on a case with a known answer."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.evaluation.diversity import caption_diversity
+
+
+def test_diversity_counts() -> None:
+    captions = {"a.jpg": "a dog runs", "b.jpg": "a dog runs", "c.jpg": "a cat sleeps", "d.jpg": "two dogs play"}
+    training = ["a dog runs", "a bird sings"]
+    result = caption_diversity(captions, training)
+    assert result["distinct_captions"] == 3
+    assert result["distinct_caption_fraction"] == 0.75
+    assert result["vocabulary_used"] == 8  # a dog runs cat sleeps two dogs play
+    assert result["most_repeated_caption_count"] == 2
+    assert result["novel_caption_fraction"] == 0.5  # c and d are not training captions
+
+
+def test_a_constant_caption_has_no_diversity() -> None:
+    result = caption_diversity({f"{i}.jpg": "a man" for i in range(10)}, ["a man"])
+    assert result["distinct_captions"] == 1 and result["novel_caption_fraction"] == 0.0
+    with pytest.raises(ValueError):
+        caption_diversity({}, [])
