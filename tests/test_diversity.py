@@ -22,3 +22,4 @@ def test_a_constant_caption_has_no_diversity() -> None:
     assert result["distinct_captions"] == 1 and result["novel_caption_fraction"] == 0.0
     with pytest.raises(ValueError):
         caption_diversity({}, [])
+

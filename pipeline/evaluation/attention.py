@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from pipeline.evaluation.figures import attention_grid
@@ -27,21 +28,38 @@ def attention_correctness(captions: dict[str, Caption], objects: dict[str, list[
     shapes = {o["shape"] for boxes in objects.values() for o in boxes}
     hits = {"colour": 0, "shape": 0}
     totals = {"colour": 0, "shape": 0}
-    for name, caption in captions.items():
+    per_image = np.zeros((len(captions), 2))  # (images, [hits, words])
+    for i, (name, caption) in enumerate(captions.items()):
         width, height = image_sizes[name]
         for word, alpha in zip(caption.words, caption.attention):
             kind = "colour" if word in colours else "shape" if word in shapes else None
             if kind is None:
                 continue
             x, y = peak_point(alpha, width, height)
+            hit = any(o[kind] == word and o["box"][0] <= x < o["box"][2] and o["box"][1] <= y < o["box"][3]
+                      for o in objects[name])
             totals[kind] += 1
-            hits[kind] += any(o[kind] == word and o["box"][0] <= x < o["box"][2] and o["box"][1] <= y < o["box"][3]
-                              for o in objects[name])
+            hits[kind] += hit
+            per_image[i] += (hit, 1)
     total = sum(totals.values())
     return {"attention_correctness": sum(hits.values()) / total if total else 0.0,
+            "attention_correctness_std": bootstrap_std(per_image),
             "attention_correctness_colour": hits["colour"] / max(totals["colour"], 1),
             "attention_correctness_shape": hits["shape"] / max(totals["shape"], 1),
             "attention_words": total}
+
+
+def bootstrap_std(per_image: np.ndarray, resamples: int = 1000, seed: int = 0) -> float:
+    """Spread of the pooled hit rate over test sets like this one: std over images resampled with replacement.
+
+    per_image (N, 2) holds each image's hits and scored words.
+    """
+    if len(per_image) == 0 or per_image[:, 1].sum() == 0:
+        return 0.0
+    rows = np.random.default_rng(seed).integers(0, len(per_image), size=(resamples, len(per_image)))
+    sums = per_image[rows].sum(axis=1)  # (resamples, 2)
+    rates = sums[:, 0] / np.maximum(sums[:, 1], 1)
+    return float(rates.std())
 
 
 def load_objects(path: Path, names: Sequence[str]) -> dict[str, list[dict]]:
