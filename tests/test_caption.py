@@ -1,4 +1,4 @@
-"""The caption command: a caption per image and the attention figures."""
+"""The caption command: a caption per image, the attention figures, and images that cannot be read."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,31 +9,69 @@ from PIL import Image
 from pipeline import caption
 
 
-def test_captions_images_and_draws_attention(trained_project: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture) -> None:
+@pytest.fixture
+def in_trained_project(trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(trained_project)
     monkeypatch.delenv("PIPELINE_PARAMS", raising=False)
-    images = sorted((trained_project / "data/shapes/images").glob("*.png"))[:2]
+    return trained_project
+
+
+def dataset_images(project: Path, count: int) -> list[Path]:
+    return sorted((project / "data/shapes/images").glob("*.png"))[:count]
+
+
+def test_captions_images_and_draws_attention(in_trained_project: Path, capsys: pytest.CaptureFixture) -> None:
+    images = dataset_images(in_trained_project, 2)
     # a photo of another size and format goes through the same preprocessing
-    other = trained_project / "other.jpg"
+    other = in_trained_project / "other.jpg"
     Image.open(images[0]).resize((90, 70)).save(other)
 
     assert caption.main([str(images[0]), "--attention", "one.png"]) == 0
-    lines = capsys.readouterr().out.splitlines()  # a caption may be empty: keep the tab
+    lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].split("\t")[0] == str(images[0]) and lines[0].count("\t") == 1
-    assert Image.open(trained_project / "one.png").size[0] > 0
+    assert lines[0].split("\t")[1]  # the trained model says something
+    assert Image.open(in_trained_project / "one.png").size[0] > 0
 
     assert caption.main([str(images[1]), str(other), "--attention", "many.png", "--beam-size", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(images[1]), str(other)]
-    assert (trained_project / f"many_{images[1].stem}.png").is_file()
-    assert (trained_project / "many_other.png").is_file()
+    assert (in_trained_project / f"many_{images[1].stem}.png").is_file()
+    assert (in_trained_project / "many_other.png").is_file()
 
 
-def test_missing_image_is_reported(trained_project: Path, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.chdir(trained_project)
-    assert caption.main(["does-not-exist.jpg"]) == 2
+def test_an_unreadable_image_among_good_ones(in_trained_project: Path, capsys: pytest.CaptureFixture) -> None:
+    good = dataset_images(in_trained_project, 2)
+    broken = in_trained_project / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert caption.main([str(good[0]), str(broken), str(good[1])]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(good[0]), str(good[1])]
+    assert all(line.split("\t")[1] for line in lines)
+    assert "broken.png" in captured.err and "1 of 3 images could not be read" in captured.err
+    assert str(good[0]) not in captured.err
+
+
+def test_same_file_names_in_two_folders_get_two_figures(in_trained_project: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    first, second = dataset_images(in_trained_project, 2)
+    for folder, source in (("left", first), ("right", second)):
+        (in_trained_project / "photos" / folder).mkdir(parents=True, exist_ok=True)
+        Image.open(source).save(in_trained_project / "photos" / folder / "photo.png")
+    images = ["photos/left/photo.png", "photos/right/photo.png"]
+    assert caption.main([*images, "--attention", "figures/pair.png"]) == 0
+    capsys.readouterr()
+    figures = sorted(p.name for p in (in_trained_project / "figures").glob("*.png"))
+    assert figures == ["pair_photos_left_photo.png", "pair_photos_right_photo.png"]
+
+
+def test_missing_checkpoint_is_reported(in_trained_project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert caption.main(["x.png", "--checkpoint", "nowhere/best.pt"]) == 2
+    assert "nowhere/best.pt: checkpoint not found" in capsys.readouterr().err
+
+
+def test_missing_image_is_reported(in_trained_project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert caption.main(["does-not-exist.jpg"]) == 1
     assert "does-not-exist.jpg" in capsys.readouterr().err
 
 
@@ -41,3 +79,5 @@ def test_attention_paths() -> None:
     assert caption.attention_paths(Path("out.png"), [Path("a.jpg")]) == [Path("out.png")]
     assert caption.attention_paths(Path("d/out.png"), [Path("x/a.jpg"), Path("b.png")]) == \
         [Path("d/out_a.png"), Path("d/out_b.png")]
+    twice = caption.attention_paths(Path("out.png"), [Path("x/a.jpg"), Path("y/a.jpg"), Path("x/a.jpg")])
+    assert twice[1] == Path("out_y_a.png") and len(set(twice)) == 3  # the same file given twice: still two figures

@@ -1,39 +1,40 @@
-"""Tests for the typed configuration: every kind of bad params.yaml fails loudly, naming the key and the file."""
+"""The typed configuration: every kind of bad params.yaml fails with one line naming the file, the key and the value."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from pipeline.config import (PARAMS_ENV, SECTIONS, ConfigError, DatasetConfig, EmbeddingsConfig, EncoderConfig,
-                             EvaluateConfig, ModelConfig, ShapesConfig, TrainConfig, VocabConfig, load_section,
-                             params_path, read_params)
+from pipeline.config import (
+    PARAMS_ENV,
+    SECTIONS,
+    ConfigError,
+    DatasetConfig,
+    EmbeddingsConfig,
+    EncoderConfig,
+    EvaluateConfig,
+    ModelConfig,
+    ShapesConfig,
+    TrainConfig,
+    VocabConfig,
+    load_all,
+    load_section,
+    params_path,
+    read_params,
+)
+from tests.conftest import ROOT, repository_params, write_params
 
-ROOT = Path(__file__).resolve().parents[1]
-PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-
-
-def write(tmp_path: Path, change: dict[str, dict[str, Any]] | None = None,
-          remove: tuple[str, str] | None = None) -> Path:
-    """The repository's params with `change` ({section: {key: value}}) applied and (section, key) removed."""
-    params = copy.deepcopy(PARAMS)
-    for section, values in (change or {}).items():
-        params[section].update(values)
-    if remove is not None:
-        del params[remove[0]][remove[1]]
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params), encoding="utf-8")
-    return path
+PARAMS = repository_params()
 
 
 def error_for(cls: type, path: Path) -> str:
+    """The ConfigError message of loading `cls` from `path`, checked to be one line naming the file."""
     with pytest.raises(ConfigError) as error:
         load_section(cls, path)
     message = str(error.value)
-    assert str(path) in message  # every message names the file
+    assert message.startswith(f"{path}: ") and "\n" not in message
     return message
 
 
@@ -45,11 +46,13 @@ def test_the_repository_params_load_every_section():
     for cls, name in SECTIONS.items():
         config = load_section(cls, ROOT / "params.yaml")
         assert isinstance(config, cls)
-        assert {field: getattr(config, field) for field in PARAMS[name]} == PARAMS[name]
+        assert config.model_dump() == PARAMS[name]
+    assert set(load_all(ROOT / "params.yaml")) == set(PARAMS)
 
 
 def test_load_section_builds_typed_values(tmp_path):
-    path = write(tmp_path, {"train": {"lr": 1, "epochs": 3, "amp": "bf16"}, "dataset": {"captions_per_image": None}})
+    path = write_params(tmp_path, {"train": {"lr": 1, "epochs": 3, "amp": "bf16"},
+                                   "dataset": {"captions_per_image": None}})
     train = load_section(TrainConfig, path)
     assert train.lr == 1.0 and isinstance(train.lr, float)  # an int is a fine float
     assert train.epochs == 3 and train.amp == "bf16" and train.resume is True
@@ -58,8 +61,14 @@ def test_load_section_builds_typed_values(tmp_path):
     assert shapes.colours == PARAMS["shapes"]["colours"] and shapes.object_size == PARAMS["shapes"]["object_size"]
 
 
+def test_sections_are_frozen():
+    train = load_section(TrainConfig, ROOT / "params.yaml")
+    with pytest.raises(ValidationError):
+        train.lr = 0.5  # type: ignore[misc]
+
+
 def test_the_params_file_comes_from_the_environment(tmp_path, monkeypatch):
-    path = write(tmp_path, {"vocab": {"min_count": 7}})
+    path = write_params(tmp_path, {"vocab": {"min_count": 7}})
     monkeypatch.setenv(PARAMS_ENV, str(path))
     assert params_path() == path
     assert load_section(VocabConfig).min_count == 7
@@ -69,64 +78,115 @@ def test_the_params_file_comes_from_the_environment(tmp_path, monkeypatch):
     assert load_section(VocabConfig).min_count == 7
 
 
+def test_exponent_without_a_decimal_point_is_a_number(tmp_path):
+    path = write_params(tmp_path)
+    path.write_text(path.read_text().replace("lr: 0.001", "lr: 1e-3"))
+    assert yaml.safe_load(path.read_text())["train"]["lr"] == "1e-3"  # what YAML 1.1 makes of it: a string
+    lr = load_section(TrainConfig, path).lr
+    assert isinstance(lr, float) and lr == 0.001
+    # a string that spells no number is still refused
+    path.write_text(path.read_text().replace("lr: 1e-3", "lr: 1e-3x"))
+    assert "key train.lr is '1e-3x'" in error_for(TrainConfig, path)
+
+
 # ----------------------------------------------------------------------------------------------
-# keys: unknown, missing, wrongly typed
+# the values the issue named: each refused with the key and the value
+
+
+@pytest.mark.parametrize("cls,section,key,value,why", [
+    (TrainConfig, "train", "grad_clip", -1, "greater than 0"),
+    (TrainConfig, "train", "attention_penalty", -5, "greater than or equal to 0"),
+    (TrainConfig, "train", "lr_gamma", 0, "greater than 0"),
+    (TrainConfig, "train", "weight_decay", -0.1, "greater than or equal to 0"),
+    (EncoderConfig, "encoder", "num_workers", -1, "greater than or equal to 0"),
+    (EncoderConfig, "encoder", "device", "gpu", "use auto, cpu, cuda or cuda:N"),
+    (EvaluateConfig, "evaluate", "num_figures", -2, "greater than or equal to 0"),
+])
+def test_out_of_range_values_are_refused(tmp_path, cls, section, key, value, why):
+    message = error_for(cls, write_params(tmp_path, {section: {key: value}}))
+    assert f"key {section}.{key} is {value!r}: " in message
+    assert why in message
+
+
+def test_a_split_ratio_of_zero_for_val_is_refused(tmp_path):
+    ratios = {"train": 0.9, "val": 0, "test": 0.1}
+    message = error_for(DatasetConfig, write_params(tmp_path, {"dataset": {"split_ratios": ratios}}))
+    assert "dataset.split_ratios" in message and "'val': 0.0" in message and "val must be > 0" in message
+
+
+@pytest.mark.parametrize("text,key,lines", [
+    ("train:\n  lr: 0.1\n  lr: 2\n", "'lr'", "lines 2 and 3"),
+    ("train:\n  lr: 0.1\ntrain:\n  lr: 2\n", "'train'", "lines 1 and 3"),
+])
+def test_a_key_written_twice_is_refused(tmp_path, text, key, lines):
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    message = error_for(TrainConfig, path)
+    assert f"key {key} is written twice ({lines})" in message
+
+
+def test_a_key_written_twice_in_the_real_file_is_refused(tmp_path):
+    path = write_params(tmp_path)
+    text = path.read_text()
+    path.write_text(text.replace("  grad_clip: 5.0\n", "  grad_clip: 5.0\n  grad_clip: 1.0\n"))
+    assert path.read_text() != text
+    assert "key 'grad_clip' is written twice" in error_for(TrainConfig, path)
 
 
 def test_unknown_key(tmp_path):
-    message = error_for(TrainConfig, write(tmp_path, {"train": {"learning_rate": 0.1}}))
-    assert "train.learning_rate" in message and "unknown" in message
-    assert "lr" in message  # lists the valid keys
+    message = error_for(TrainConfig, write_params(tmp_path, {"train": {"learning_rate": 0.1}}))
+    assert "unknown key train.learning_rate" in message
+    assert "lr, weight_decay" in message  # lists the valid keys
 
 
-def test_exponent_without_a_decimal_point_is_a_number(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text(write(tmp_path, {}).read_text().replace("lr: 0.001", "lr: 1e-3"))
-    assert isinstance(yaml.safe_load(path.read_text())["train"]["lr"], str)  # what YAML 1.1 makes of it
-    assert load_section(TrainConfig, path).lr == pytest.approx(0.001)
+@pytest.mark.parametrize("section,key", [("dataset", "out_dir"), ("encoder", "out_dir"), ("encoder", "architecture"),
+                                         ("vocab", "max_caption_length"), ("evaluate", "max_length")])
+def test_keys_of_the_old_layout_are_unknown(tmp_path, section, key):
+    cls = next(cls for cls, name in SECTIONS.items() if name == section)
+    assert f"unknown key {section}.{key}" in error_for(cls, write_params(tmp_path, {section: {key: "x"}}))
 
 
 def test_missing_key(tmp_path):
-    message = error_for(TrainConfig, write(tmp_path, remove=("train", "lr")))
-    assert "train.lr" in message and "missing" in message
+    message = error_for(TrainConfig, write_params(tmp_path, remove=["train.lr"]))
+    assert "key train.lr is missing" in message
 
 
 @pytest.mark.parametrize("cls,section,key,value,shown", [
     (TrainConfig, "train", "lr", "fast", "train.lr"),
     (TrainConfig, "train", "epochs", 2.5, "train.epochs"),
     (TrainConfig, "train", "epochs", True, "train.epochs"),  # a bool is not a whole number
-    (TrainConfig, "train", "epochs", "10", "train.epochs"),
+    (TrainConfig, "train", "epochs", "10", "train.epochs"),  # no silent conversions
     (TrainConfig, "train", "lr", False, "train.lr"),
     (TrainConfig, "train", "resume", "yes", "train.resume"),
     (TrainConfig, "train", "resume", 1, "train.resume"),
-    (TrainConfig, "train", "out_dir", 5, "train.out_dir"),
+    (TrainConfig, "train", "checkpoint", 5, "train.checkpoint"),
     (ModelConfig, "model", "fine_tune_embeddings", None, "model.fine_tune_embeddings"),
     (ShapesConfig, "shapes", "colours", "red", "shapes.colours"),
-    (ShapesConfig, "shapes", "object_size", [56, "big"], "shapes.object_size[1]"),
+    (ShapesConfig, "shapes", "object_size", [56, "big"], "shapes.object_size.1"),
     (DatasetConfig, "dataset", "split_ratios", [0.8, 0.2], "dataset.split_ratios"),
-    (DatasetConfig, "dataset", "split_ratios", {"train": "most", "val": 0.5}, "dataset.split_ratios.train"),
+    (DatasetConfig, "dataset", "split_ratios", {"train": "most", "val": 0.5, "test": 0.5}, "dataset.split_ratios.train"),
     (DatasetConfig, "dataset", "split_files", {"train": 3}, "dataset.split_files.train"),
     (DatasetConfig, "dataset", "captions_per_image", 4.5, "dataset.captions_per_image"),
     (EmbeddingsConfig, "embeddings", "pretrained", 5, "embeddings.pretrained"),
     (EvaluateConfig, "evaluate", "objects", ["a"], "evaluate.objects"),
 ])
 def test_wrong_type(tmp_path, cls, section, key, value, shown):
-    message = error_for(cls, write(tmp_path, {section: {key: value}}))
-    assert f"'{shown}'" in message
-    assert "got" in message  # and says what it found
+    message = error_for(cls, write_params(tmp_path, {section: {key: value}}))
+    shown_value = value[1] if shown.endswith(".1") else value["train"] if shown.endswith(".train") else value
+    assert f"key {shown} is {shown_value!r}: input should be a valid" in message
 
 
-@pytest.mark.parametrize("cls,section,key,value", [
-    (TrainConfig, "train", "amp", "fp8"),
-    (TrainConfig, "train", "early_stopping", "bleu"),
-    (DatasetConfig, "dataset", "format", "json"),
-    (EncoderConfig, "encoder", "architecture", "resnet101"),
-    (EvaluateConfig, "evaluate", "split", "train"),
+@pytest.mark.parametrize("cls,section,key,value,valid", [
+    (TrainConfig, "train", "amp", "fp8", "'auto', 'fp32', 'bf16' or 'fp16'"),
+    (TrainConfig, "train", "amp", False, "'auto', 'fp32', 'bf16' or 'fp16'"),  # YAML's unquoted `off`
+    (TrainConfig, "train", "early_stopping", "bleu", "'cider', 'bleu4' or 'loss'"),
+    (DatasetConfig, "dataset", "format", "json", "'karpathy'"),
+    (EncoderConfig, "encoder", "precision", "fp16", "'auto', 'fp32' or 'bf16'"),
+    (EvaluateConfig, "evaluate", "split", "train", "'val' or 'test'"),
 ])
-def test_value_outside_a_literal(tmp_path, cls, section, key, value):
-    message = error_for(cls, write(tmp_path, {section: {key: value}}))
-    assert f"'{section}.{key}'" in message and repr(value) in message
-    assert "expected one of" in message
+def test_value_outside_a_literal(tmp_path, cls, section, key, value, valid):
+    message = error_for(cls, write_params(tmp_path, {section: {key: value}}))
+    assert f"key {section}.{key} is {value!r}: input should be" in message and valid in message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,21 +194,22 @@ def test_value_outside_a_literal(tmp_path, cls, section, key, value):
 
 
 def test_missing_section(tmp_path):
-    params = copy.deepcopy(PARAMS)
-    del params["evaluate"]
     path = tmp_path / "params.yaml"
+    params = repository_params()
+    del params["evaluate"]
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
-    message = error_for(EvaluateConfig, path)
-    assert "evaluate" in message and "missing section" in message
+    assert "missing section 'evaluate'" in error_for(EvaluateConfig, path)
     assert load_section(TrainConfig, path).epochs == PARAMS["train"]["epochs"]  # the others still load
+    with pytest.raises(ConfigError, match="missing section"):
+        load_all(path)
 
 
 def test_section_that_is_not_a_mapping(tmp_path):
     path = tmp_path / "params.yaml"
-    params = copy.deepcopy(PARAMS)
+    params = repository_params()
     params["vocab"] = 5
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
-    assert "'vocab'" in error_for(VocabConfig, path)
+    assert "section 'vocab' should be a mapping" in error_for(VocabConfig, path)
 
 
 def test_missing_file(tmp_path):
@@ -179,36 +240,50 @@ def test_top_level_must_be_a_mapping(tmp_path, text):
 
 
 # ----------------------------------------------------------------------------------------------
-# value checks that types cannot express
+# value checks that tie keys together or that a type alone cannot express
 
 
 @pytest.mark.parametrize("cls,change,shown", [
-    (DatasetConfig, {"dataset": {"split_ratios": {"train": 0.8, "val": 0.1, "test": 0.05}}}, "dataset.split_ratios"),
-    (DatasetConfig, {"dataset": {"split_ratios": {"train": 0.8, "dev": 0.2}}}, "dataset.split_ratios"),
-    (DatasetConfig, {"dataset": {"split_ratios": {}}}, "dataset.split_ratios"),
-    (DatasetConfig, {"dataset": {"split_files": {"train": "a.txt", "dev": "b.txt"}}}, "dataset.split_files"),
-    (DatasetConfig, {"dataset": {"max_dropped_fraction": 1.5}}, "dataset.max_dropped_fraction"),
-    (EncoderConfig, {"encoder": {"image_size": 100}}, "encoder.image_size"),
-    (EncoderConfig, {"encoder": {"image_size": 240}}, "encoder.image_size"),  # a multiple of 16, not of 32
-    (EncoderConfig, {"encoder": {"image_size": 0}}, "encoder.image_size"),
-    (EncoderConfig, {"encoder": {"batch_size": 0}}, "encoder.batch_size"),
-    (ShapesConfig, {"shapes": {"min_objects": 3, "max_objects": 2}}, "shapes.max_objects"),
-    (ShapesConfig, {"shapes": {"object_size": [84, 56]}}, "shapes.object_size"),
-    (ShapesConfig, {"shapes": {"object_size": [56]}}, "shapes.object_size"),
-    (VocabConfig, {"vocab": {"min_count": 0}}, "vocab.min_count"),
-    (EmbeddingsConfig, {"embeddings": {"dim": -300}}, "embeddings.dim"),
-    (ModelConfig, {"model": {"dropout": 1.0}}, "model.dropout"),
-    (TrainConfig, {"train": {"lr": 0}}, "train.lr"),
-    (TrainConfig, {"train": {"epochs": -1}}, "train.epochs"),
-    (EvaluateConfig, {"evaluate": {"beam_size": 0}}, "evaluate.beam_size"),
+    (DatasetConfig, {"dataset": {"split_ratios": {"train": 0.8, "val": 0.1, "test": 0.05}}}, "sum to 1"),
+    (DatasetConfig, {"dataset": {"split_ratios": {"train": 0.8, "dev": 0.2}}}, "key dataset.split_ratios.dev"),
+    (DatasetConfig, {"dataset": {"split_ratios": {}}}, "dataset.split_ratios must give train, val and test"),
+    (DatasetConfig, {"dataset": {"split_ratios": {"train": 0, "val": 0.5, "test": 0.5}}}, "train and val must be > 0"),
+    (DatasetConfig, {"dataset": {"split_files": {"train": "a.txt", "dev": "b.txt"}}}, "key dataset.split_files.dev"),
+    (DatasetConfig, {"dataset": {"split_files": {"train": "a.txt", "test": "b.txt"}}}, "at least train and val"),
+    (DatasetConfig, {"dataset": {"max_dropped_fraction": 1.5}}, "key dataset.max_dropped_fraction is 1.5"),
+    (EncoderConfig, {"encoder": {"image_size": 100}}, "key encoder.image_size is 100: input should be a multiple of 32"),
+    (EncoderConfig, {"encoder": {"image_size": 240}}, "key encoder.image_size is 240"),  # a multiple of 16, not 32
+    (EncoderConfig, {"encoder": {"image_size": 0}}, "key encoder.image_size is 0"),
+    (EncoderConfig, {"encoder": {"batch_size": 0}}, "key encoder.batch_size is 0"),
+    (ShapesConfig, {"shapes": {"min_objects": 3, "max_objects": 2}}, "shapes.max_objects (2) must be >="),
+    (ShapesConfig, {"shapes": {"object_size": [84, 56]}}, "shapes.object_size [84, 56]"),
+    (ShapesConfig, {"shapes": {"object_size": [56]}}, "key shapes.object_size is [56]"),
+    (ShapesConfig, {"shapes": {"colours": ["red", "mauve"]}}, "key shapes.colours.1 is 'mauve'"),
+    (ShapesConfig, {"shapes": {"max_objects": 8, "colours": ["red"], "shapes": ["circle"]}},
+     "shapes.max_objects exceeds"),
+    (VocabConfig, {"vocab": {"min_count": 0}}, "key vocab.min_count is 0"),
+    (EmbeddingsConfig, {"embeddings": {"dim": -300}}, "key embeddings.dim is -300"),
+    (ModelConfig, {"model": {"dropout": 1.0}}, "key model.dropout is 1.0: input should be less than 1"),
+    (ModelConfig, {"model": {"max_caption_length": 0}}, "key model.max_caption_length is 0"),
+    (TrainConfig, {"train": {"lr": 0}}, "key train.lr is 0: input should be greater than 0"),
+    (TrainConfig, {"train": {"epochs": -1}}, "key train.epochs is -1"),
+    (EvaluateConfig, {"evaluate": {"beam_size": 0}}, "key evaluate.beam_size is 0"),
+    (EvaluateConfig, {"evaluate": {"length_penalty": -1}}, "key evaluate.length_penalty is -1"),
+    (EvaluateConfig, {"evaluate": {"no_repeat_ngram": -1}}, "key evaluate.no_repeat_ngram is -1"),
 ])
 def test_value_checks(tmp_path, cls, change, shown):
-    assert f"'{shown}'" in error_for(cls, write(tmp_path, change))
+    assert shown in error_for(cls, write_params(tmp_path, change))
 
 
 def test_value_checks_accept_the_edges(tmp_path):
-    path = write(tmp_path, {"dataset": {"split_ratios": {"train": 0.7, "val": 0.2, "test": 0.1}},
-                            "encoder": {"image_size": 64}, "model": {"dropout": 0.0}})
-    assert load_section(DatasetConfig, path).split_ratios == {"train": 0.7, "val": 0.2, "test": 0.1}
-    assert load_section(EncoderConfig, path).image_size == 64
+    path = write_params(tmp_path, {"dataset": {"split_ratios": {"train": 0.7, "val": 0.3, "test": 0}},
+                                   "encoder": {"image_size": 64, "num_workers": 0, "device": "cuda:1"},
+                                   "model": {"dropout": 0.0}, "train": {"attention_penalty": 0, "weight_decay": 0},
+                                   "evaluate": {"num_figures": 0, "objects": None}})
+    assert load_section(DatasetConfig, path).split_ratios == {"train": 0.7, "val": 0.3, "test": 0.0}
+    encoder = load_section(EncoderConfig, path)
+    assert (encoder.image_size, encoder.num_workers, encoder.device) == (64, 0, "cuda:1")
     assert load_section(ModelConfig, path).dropout == 0.0
+    assert load_section(TrainConfig, path).attention_penalty == 0.0
+    evaluate = load_section(EvaluateConfig, path)
+    assert evaluate.num_figures == 0 and evaluate.objects is None

@@ -5,17 +5,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-import yaml
 from gensim.models import KeyedVectors
 
-from pipeline.stages import embeddings
 from pipeline.config import PARAMS_ENV
-from pipeline.text import SPECIAL_TOKENS, Vocabulary
+from pipeline.datasets.table import write_captions
+from pipeline.stages import embeddings
 from pipeline.stages.vocab import build_vocabulary
+from pipeline.text import SPECIAL_TOKENS, Vocabulary
+from tests.conftest import write_params
 
-ROOT = Path(__file__).resolve().parents[1]
 DIM = 6
 
 # the pretrained file: mixed case, as in GoogleNews; "red" and "RED" both present
@@ -35,19 +34,18 @@ def file_vectors() -> KeyedVectors:
 def write_project(folder: Path, pretrained: str | None, dim: int = DIM, vocabulary: tuple[str, ...] = VOCABULARY,
                   captions: list[str] | None = None) -> Path:
     """params.yaml (the repository's, paths into `folder`), vocab/vocab.json and prepared/captions.csv."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    params["dataset"]["out_dir"] = str(folder / "prepared")
-    params["vocab"]["out_dir"] = str(folder / "vocab")
-    params["embeddings"].update(dim=dim, pretrained=pretrained, epochs=3, window=2, seed=0,
-                                out_dir=str(folder / "embeddings"))
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    path = write_params(folder, {
+        "dataset": {"table": str(folder / "prepared" / "captions.csv")},
+        "vocab": {"path": str(folder / "vocab" / "vocab.json")},
+        "embeddings": {"dim": dim, "pretrained": pretrained, "epochs": 3, "window": 2, "seed": 0,
+                       "matrix": str(folder / "embeddings" / "embeddings.npy"),
+                       "metrics": str(folder / "embeddings" / "metrics.json")}})
     (folder / "vocab").mkdir(exist_ok=True)
     Vocabulary(vocabulary).to_json(folder / "vocab" / "vocab.json")
     if captions is not None:
         (folder / "prepared").mkdir(exist_ok=True)
-        pd.DataFrame({"image": [f"{i}.jpg" for i in range(len(captions))], "split": "train",
-                      "caption": captions}).to_csv(folder / "prepared" / "captions.csv", index=False)
+        write_captions(folder / "prepared" / "captions.csv",
+                       [(f"{i}.jpg", "train", caption) for i, caption in enumerate(captions)])
     return path
 
 

@@ -1,8 +1,7 @@
-"""The features stage end to end (tiny images, random encoder), its resume logic, and FeatureStore."""
+"""The features stage end to end (tiny images, random encoder): the cache it writes, resuming, two processes."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import os
 import subprocess
@@ -14,14 +13,16 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 import pipeline
+from pipeline.datasets.table import write_captions
+from pipeline.encoder import extraction
+from pipeline.encoder.extraction import FeatureExtractionError, names_sha256
+from pipeline.encoder.images import load_image
+from pipeline.encoder.resnet import build_encoder
 from pipeline.stages import features
-from pipeline.encoder import build_encoder, load_image
-from pipeline.encoder.feature_cache import FeatureStore, FeatureStoreError
+from tests.conftest import write_params
 
 NAMES = ["b.png", "a.png", "sub/f.png", "d.png", "c.png", "e.png"]  # listed unsorted, in a sub-folder too
 SORTED = sorted(NAMES)
@@ -41,31 +42,23 @@ def write_image(path: Path, seed: int) -> None:
     Image.fromarray(array).save(path)
 
 
+def project_params(root: Path, **encoder: Any) -> Path:
+    """params.yaml under `root`: the tiny encoder on the CPU, with `encoder` overrides."""
+    return write_params(root, {"dataset": {"images": "images", "table": "prepared/captions.csv"},
+                               "encoder": {"weights": "none", "image_size": SIZE, "dtype": "float16",
+                                           "precision": "fp32", "batch_size": BATCH, "num_workers": 0,
+                                           "device": "cpu", "cache": "features/features.h5", **encoder}})
+
+
 def make_project(root: Path, **encoder: Any) -> Path:
     """Images, a prepared captions table (two captions per image, unsorted) and params.yaml under `root`."""
     for seed, name in enumerate(SORTED):
         write_image(root / "images" / name, seed)
     (root / "prepared").mkdir(parents=True)
-    with (root / "prepared" / "captions.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "split", "caption"])
-        for name in NAMES + NAMES[::-1]:
-            writer.writerow([name, "train", f"a picture called {name}"])
-    params = {
-        "dataset": {"captions": "captions.txt", "images": "images", "format": "auto", "split_files": None,
-                    "split_ratios": {"train": 0.8, "val": 0.1, "test": 0.1}, "seed": 0, "captions_per_image": 2,
-                    "max_dropped_fraction": 0.05, "check_images": False, "out_dir": "prepared"},
-        "encoder": {"architecture": "resnet50", "weights": "none", "image_size": SIZE, "dtype": "float16",
-                    "batch_size": BATCH, "num_workers": 0, "device": "cpu", "out_dir": "features", **encoder},
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    write_captions(root / "prepared" / "captions.csv",
+                   [(name, "train", f"a picture called {name}") for name in NAMES + NAMES[::-1]])
+    project_params(root, **encoder)
     return root
-
-
-def set_encoder_param(root: Path, key: str, value: Any) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    params["encoder"][key] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
 
 
 def run_stage(root: Path) -> str:
@@ -89,7 +82,7 @@ def counting_loader(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None)
             raise Interrupted(f"interrupted while loading {path}")
         return load_image(path, size)
 
-    monkeypatch.setattr(features, "load_image", load)
+    monkeypatch.setattr(extraction, "load_image", load)
     return calls
 
 
@@ -119,7 +112,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     for seed, name in enumerate(SORTED):
         write_image(root / name, seed)
     images = torch.stack([load_image(root / name, SIZE) for name in SORTED])  # (N, 3, S, S)
-    encoder = build_encoder("resnet50", "none")
+    encoder = build_encoder("none")
     with torch.inference_mode():
         return torch.cat([encoder(batch) for batch in images.split(BATCH)]).numpy()
 
@@ -145,10 +138,11 @@ def test_stage_writes_the_encoder_features(clean_run: tuple[Path, str], referenc
     assert cache["chunks"] == (1, 4, 2048) and cache["compression"] is None
     np.testing.assert_allclose(cache["features"].astype(np.float32), reference, rtol=2e-3, atol=1e-2)
     attrs = cache["attrs"]
-    assert (attrs["architecture"], attrs["weights"], attrs["dtype"]) == ("resnet50", "none", "float16")
+    assert (attrs["architecture"], attrs["weights"], attrs["dtype"], attrs["precision"]) == \
+        ("resnet50", "none", "float16", "fp32")
     assert (attrs["image_size"], attrs["grid"], attrs["feature_dim"]) == (SIZE, 2, 2048)
     assert attrs["torch_version"] == torch.__version__
-    assert attrs["images_sha256"] == features.names_sha256(SORTED)
+    assert attrs["images_sha256"] == names_sha256(SORTED)
     assert partials(path.parent.parent) == []
     assert f"{len(SORTED)} images" in printed and "(6, 4, 2048) float16" in printed and "images/s" in printed
 
@@ -185,7 +179,7 @@ def test_changed_inputs_start_over_and_say_why(tmp_path: Path, monkeypatch: pyte
     counting_loader(monkeypatch, fail_at=3)
     with pytest.raises(Interrupted):
         run_stage(root)
-    set_encoder_param(root, "dtype", "float32")
+    project_params(root, dtype="float32")
     calls = counting_loader(monkeypatch)
     printed = run_stage(root)
     assert "starting over" in printed and "dtype was 'float16', now 'float32'" in printed
@@ -198,13 +192,13 @@ def test_unreadable_image_stops_naming_it_and_keeps_the_work_done(tmp_path: Path
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     root = make_project(tmp_path, num_workers=1)  # decoded in a worker process
     (root / "images" / "c.png").write_bytes(b"not a png")  # the third image; its batch-mate d.png is fine
-    with pytest.raises(features.FeatureExtractionError, match=r"c\.png.*check_images: true"):
+    with pytest.raises(FeatureExtractionError, match=r"c\.png.*check_images: true"):
         run_stage(root)
     assert not (root / "features" / "features.h5").exists()
     assert done_mask(root) == [True, True, False, True, False, False]
 
     write_image(root / "images" / "c.png", SORTED.index("c.png"))
-    set_encoder_param(root, "num_workers", 0)
+    project_params(root, num_workers=0)
     calls = counting_loader(monkeypatch)
     run_stage(root)
     assert calls == [Path("images") / name for name in ("c.png", "e.png", "sub/f.png")]
@@ -218,22 +212,12 @@ def test_missing_image_list_says_to_run_prepare(tmp_path: Path) -> None:
         run_stage(root)
 
 
-def test_shares_cover_every_image_once() -> None:
-    for count in (0, 1, 5, 6, 7):
-        rows = [row for rank in range(4) for row in features.share(count, rank, 4)]
-        assert rows == list(range(count))
-
-
-def test_consecutive_runs() -> None:
-    assert features.consecutive_runs(np.array([3, 4, 5, 9, 11, 12])) == [(0, 3), (3, 4), (4, 6)]
-
-
 def test_two_processes_make_the_same_file(tmp_path: Path, clean_run: tuple[Path, str]) -> None:
     root = make_project(tmp_path)
     environment = {**os.environ, "PIPELINE_PARAMS": str(root / "params.yaml"), "OMP_NUM_THREADS": "1",
                    "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "pipeline.features"], cwd=root, env=environment, capture_output=True, text=True,
+                             "-m", "pipeline.stages.features"], check=False, cwd=root, env=environment, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stdout
@@ -243,62 +227,3 @@ def test_two_processes_make_the_same_file(tmp_path: Path, clean_run: tuple[Path,
     np.testing.assert_allclose(merged["features"].astype(np.float32), clean["features"].astype(np.float32),
                                rtol=2e-3, atol=1e-2)
     assert partials(root) == []
-
-
-# ----------------------------------------------------------------------------------------------
-# the read side
-
-
-def test_feature_store_reads_what_the_stage_wrote(clean_run: tuple[Path, str]) -> None:
-    path = clean_run[0]
-    everything = read(path)["features"]
-    with FeatureStore(path) as store:
-        assert store.names == SORTED and store.index["sub/f.png"] == SORTED.index("sub/f.png")
-        assert (len(store), store.grid, store.num_regions, store.feature_dim, store.itemsize) == (6, 2, 4, 2048, 2)
-        assert store.attrs["weights"] == "none" and store.attrs["image_size"] == SIZE
-        loaded = store.load()
-        assert loaded.dtype == torch.float16 and torch.equal(loaded, torch.from_numpy(everything))
-        assert torch.equal(store.load([4, 1, 1]), torch.from_numpy(everything[[4, 1, 1]]))
-        assert torch.equal(store[2], torch.from_numpy(everything[2]))
-        assert torch.equal(store[[5, 0]], torch.from_numpy(everything[[5, 0]]))
-        assert torch.equal(store[1:3], torch.from_numpy(everything[1:3]))
-        assert store.rows_of(["c.png", "a.png"]) == [2, 0]
-        assert store.fits_in_memory(everything.nbytes) and not store.fits_in_memory(everything.nbytes - 1)
-        with pytest.raises(FeatureStoreError, match="zebra.png"):
-            store.rows_of(["zebra.png"])
-
-
-class StoreRows(Dataset):
-    """Rows of a store, each with whether it was read through a handle this process opened."""
-
-    def __init__(self, store: FeatureStore) -> None:
-        self.store = store
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def __getitem__(self, row: int) -> tuple[torch.Tensor, bool]:
-        features_of_row = self.store[row]
-        return features_of_row, self.store._handle[0] == os.getpid()
-
-
-def test_feature_store_workers_open_their_own_handles(clean_run: tuple[Path, str]) -> None:
-    store = FeatureStore(clean_run[0])
-    first = store[0]  # the parent opens a handle before the workers fork
-    loader = DataLoader(StoreRows(store), batch_size=3, num_workers=2)
-    rows, own_handles = zip(*loader)
-    assert torch.equal(torch.cat(rows), store.load()) and torch.equal(first, store.load(0))
-    assert all(bool(own.all()) for own in own_handles)
-    store.close()
-
-
-def test_feature_store_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"dvc repro features"):
-        FeatureStore(tmp_path / "features.h5")
-    with h5py.File(tmp_path / "other.h5", "w") as file:
-        file.create_dataset("features", data=np.zeros((2, 4, 8), dtype=np.float16))
-    with pytest.raises(FeatureStoreError, match="images"):
-        FeatureStore(tmp_path / "other.h5")
-    (tmp_path / "text.h5").write_text("not hdf5")
-    with pytest.raises(FeatureStoreError, match="text.h5"):
-        FeatureStore(tmp_path / "text.h5")

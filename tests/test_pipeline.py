@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import TINY_PARAMS
+from tests.conftest import TINY_PARAMS, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACKED = ["pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
@@ -38,14 +37,6 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([a-z_]+)'", output))
 
 
-def set_params(project: Path, changes: dict[str, dict]) -> None:
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy = tmp_path_factory.mktemp("project")
@@ -56,7 +47,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             (copy / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, copy / item)
-    set_params(copy, TINY_PARAMS)
+    write_params(copy, tiny=True)
     run(["git", "init", "-q"], copy)
     run(["git", "add", "-A"], copy)
     run(["git", "commit", "-qm", "tiny copy"], copy)
@@ -76,15 +67,22 @@ def test_repro_runs_every_stage_and_writes_outputs(project: Path, first_run: str
                  "data/train/best.pt", "data/train/last.pt", "data/evaluate/predictions.json"]:
         assert (project / path).is_file(), path
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
-    for key in ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "attention_correctness"]:
-        assert 0.0 <= metrics[key] <= 10.0, key
+    # the tiny run learns the demo's words: measured on this configuration with train seeds 0-4, BLEU-1
+    # 0.44-0.51 and CIDEr 0.73-0.83 (2 epochs at the repository's lr: 0.15 and 0.31; an untrained or
+    # broken model, captions of one word repeated or empty: below 0.2 and 0.31)
+    assert metrics["bleu1"] >= 0.35 and metrics["cider"] >= 0.5, metrics
+    assert 0.0 <= metrics["attention_correctness"] <= 1.0
     assert metrics["images"] == 6
+    predictions = json.loads((project / "data/evaluate/predictions.json").read_text())
+    assert all(prediction["caption"] for prediction in predictions)
     assert len(list((project / "data/evaluate/attention").glob("*.png"))) == 2
     train_metrics = json.loads((project / "metrics/train/metrics.json").read_text())
-    assert train_metrics["epochs_run"] == 2
+    epochs = train_metrics["epochs_run"]
+    assert 1 <= train_metrics["best_epoch"] <= epochs <= TINY_PARAMS["train"]["epochs"]
     assert (project / "metrics/train/plots/metrics/val/bleu4.tsv").is_file()
     samples = (project / "metrics/train/samples.txt").read_text()
-    assert samples.startswith("epoch 1\n  img_") and "epoch 2\n" in samples
+    assert samples.startswith("epoch 1\n  img_") and f"epoch {epochs}\n" in samples
+    assert f"epoch {epochs + 1}\n" not in samples
     # dvc sees the declared metrics and plots
     shown = run(["dvc", "metrics", "show", "--json"], project)
     assert "bleu4" in shown and "coverage" in shown
@@ -98,11 +96,11 @@ def test_second_repro_runs_nothing(project: Path, first_run: str) -> None:
 
 
 def test_train_param_change_reruns_train_and_evaluate_only(project: Path, first_run: str) -> None:
-    set_params(project, {"train": {"lr": 0.002}})
+    write_params(project, {"train": {"lr": 0.02, "epochs": 2}}, tiny=True)  # 2 epochs: cheaper
     assert stages_run(run(["dvc", "repro"], project)) == {"train", "evaluate"}
 
 
 def test_encoder_param_change_reruns_features_onwards(project: Path, first_run: str) -> None:
-    set_params(project, {"encoder": {"dtype": "float32"}})
+    write_params(project, {"train": {"lr": 0.02, "epochs": 2}, "encoder": {"dtype": "float32"}}, tiny=True)
     assert stages_run(run(["dvc", "repro"], project)) == {"features", "train", "evaluate"}
     assert stages_run(run(["dvc", "repro"], project)) == set()

@@ -1,17 +1,18 @@
-"""Tests for the prepare stage: every input format, the messy cases, the splits and the outputs."""
+"""The prepare stage: every input format end to end, the messy cases, the random split and the outputs."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
+from pipeline.config import PARAMS_ENV, SPLITS, DatasetConfig
+from pipeline.datasets.report import DatasetError, summary
+from pipeline.datasets.table import read_captions
 from pipeline.stages import prepare as prep
-from pipeline.config import PARAMS_ENV, DatasetConfig
+from tests.conftest import write_params
 
 # Flickr8k-style image names
 A = "1000268201_693b08cb0e.jpg"
@@ -33,15 +34,16 @@ def write_image(path: Path, garbage: bool = False) -> None:
 
 
 def make_config(tmp_path: Path, captions: Path, **overrides) -> DatasetConfig:
-    values = dict(captions=str(captions), images=str(tmp_path / "images"), format="auto", split_files=None,
-                  split_ratios={"train": 0.8, "val": 0.1, "test": 0.1}, seed=0, captions_per_image=5,
-                  max_dropped_fraction=1.0, check_images=True, out_dir=str(tmp_path / "prepared"))
+    values = {"captions": str(captions), "images": str(tmp_path / "images"), "format": "auto", "split_files": None,
+              "split_ratios": {"train": 0.8, "val": 0.1, "test": 0.1}, "seed": 0, "captions_per_image": 5,
+              "max_dropped_fraction": 1.0, "check_images": True, "table": str(tmp_path / "prepared" / "captions.csv"),
+              "report": str(tmp_path / "prepared" / "report.json")}
     values.update(overrides)
     return DatasetConfig(**values)
 
 
 def by_split(rows: list[tuple[str, str, str]]) -> dict[str, set[str]]:
-    images: dict[str, set[str]] = {split: set() for split in prep.SPLITS}
+    images: dict[str, set[str]] = {split: set() for split in SPLITS}
     for image, split, _ in rows:
         images[split].add(image)
     return images
@@ -158,7 +160,7 @@ def test_flickr8k_token_with_split_lists_drops_and_reports_every_problem(tmp_pat
                                 "test": {"images": 1, "captions": 5}}
     assert report["total"] == {"images": 4, "captions": 20}
 
-    line = prep.summary(report)
+    line = summary(report)
     assert "dropped 13 of 33 caption lines (39.39%)" in line
     assert ("dropped: malformed_line 1, missing_image 2, image_not_in_any_split 5, unreadable_image 3, "
             "empty_caption 1, duplicate_caption 1") in line
@@ -171,20 +173,6 @@ def test_check_images_false_keeps_undecodable_files(tmp_path):
     prepared = prep.prepare(make_config(tmp_path, token, split_files=split_files, check_images=False))
     assert [r for r in prepared.rows if r[0] == D] == [(D, "test", f"a damaged picture {n}") for n in range(3)]
     assert prepared.report["dropped"]["unreadable_image"]["captions"] == 0
-
-
-def test_an_image_in_two_split_lists_is_an_error(tmp_path):
-    token, _, split_files = messy_token_dataset(tmp_path)
-    Path(split_files["val"]).write_text(f"{B}\n{A}\n", encoding="utf-8")
-    with pytest.raises(prep.DatasetError, match=A):
-        prep.prepare(make_config(tmp_path, token, split_files=split_files))
-
-
-def test_missing_split_list_names_the_key(tmp_path):
-    token, _, split_files = messy_token_dataset(tmp_path)
-    split_files["test"] = str(tmp_path / "nowhere.txt")
-    with pytest.raises(FileNotFoundError, match=r"dataset\.split_files\.test.*nowhere\.txt"):
-        prep.prepare(make_config(tmp_path, token, split_files=split_files))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,21 +206,9 @@ def test_seeded_random_split_is_by_image_deterministic_and_follows_the_ratios(tm
     order = [images[i] for i in np.random.default_rng(3).permutation(20)]
     assert by_split(first.rows) == {"train": set(order[:16]), "val": set(order[16:18]), "test": set(order[18:])}
     # rows: by split, then image, then caption order
-    assert [r[0] for r in first.rows[:5]] == [sorted(order[:16])[0]] * 5
-    assert [r[2] for r in first.rows[:5]] == [f"a shape number {int(sorted(order[:16])[0][4:9])} caption {n}"
-                                              for n in range(5)]
-
-
-@pytest.mark.parametrize("num_images, ratios, expected", [
-    (10, {"train": 0.8, "val": 0.1, "test": 0.1}, {"train": 8, "val": 1, "test": 1}),
-    (3, {"train": 0.8, "val": 0.1, "test": 0.1}, {"train": 1, "val": 1, "test": 1}),
-    (2, {"train": 0.8, "val": 0.1, "test": 0.1}, {"train": 2, "val": 0, "test": 0}),
-    (7, {"train": 0.5, "test": 0.5}, {"train": 4, "val": 0, "test": 3}),
-    (31783, {"train": 0.9, "val": 0.05, "test": 0.05}, {"train": 28605, "val": 1589, "test": 1589}),
-    (0, {"train": 1.0}, {"train": 0, "val": 0, "test": 0}),
-])
-def test_split_sizes(num_images, ratios, expected):
-    assert prep.split_sizes(num_images, ratios) == expected
+    first_train = min(order[:16])
+    assert [r[0] for r in first.rows[:5]] == [first_train] * 5
+    assert [r[2] for r in first.rows[:5]] == [f"a shape number {int(first_train[4:9])} caption {n}" for n in range(5)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,7 +225,7 @@ def test_csv_with_quotes_commas_and_an_unquoted_comma(tmp_path):
                     'b.jpg,A cat sits, then sleeps .\n'
                     ' b.jpg ,  Two birds\n'
                     ',caption without an image\n', encoding="utf-8")
-    prepared = prep.prepare(make_config(tmp_path, path, split_ratios={"train": 1.0}, captions_per_image=2))
+    prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=2))  # 2 images: both train
     assert prepared.rows == [("a.jpg", "train", "a dog brown and white runs"),
                              ("a.jpg", "train", "he said hello twice"),
                              ("b.jpg", "train", "a cat sits then sleeps"),
@@ -265,7 +241,7 @@ def test_csv_without_image_and_caption_columns_is_an_error(tmp_path):
     (tmp_path / "images").mkdir()
     path = tmp_path / "captions.csv"
     path.write_text("file,words\na.jpg,a dog\n", encoding="utf-8")
-    with pytest.raises(prep.DatasetError, match="image column"):
+    with pytest.raises(DatasetError, match="image column"):
         prep.prepare(make_config(tmp_path, path))
 
 
@@ -280,7 +256,7 @@ def test_flickr30k_pipe_file_with_a_glued_row_and_a_malformed_row(tmp_path):
                     "2199200615.jpg| 3| A dog runs .\n"
                     "2199200615.jpg| 4 A dog runs across the grass .\n"
                     "2199200615.jpg\n", encoding="utf-8")
-    prepared = prep.prepare(make_config(tmp_path, path, split_ratios={"train": 1.0}, captions_per_image=3))
+    prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=3))  # 2 images: both train
     assert prepared.rows == [
         ("1000092795.jpg", "train", "two young guys with shaggy hair look at their hands"),
         ("1000092795.jpg", "train", "two young white males are outside near many bushes"),
@@ -353,37 +329,19 @@ def test_karpathy_coco_uses_filepath_and_tokens_when_raw_is_missing(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# format detection and the failures
-
-
-def test_token_lines_without_a_tab_are_repaired_or_reported():
-    problems = prep.Problems()
-    records = prep.parse_token(["a.jpg#0 A dog runs .", "b.jpg#1\t", "", "#2\tno image", "no key here"], problems)
-    assert records == [prep.CaptionLine("a.jpg", "A dog runs .", 1), prep.CaptionLine("b.jpg", "", 2)]
-    assert problems.examples["repaired_line"] == [{"line": 1, "text": "a.jpg#0 A dog runs ."}]
-    assert [e["line"] for e in problems.examples["malformed_line"]] == [4, 5]
-
-
-def test_detect_format():
-    assert prep.detect_format("Flickr8k.token.txt", ["", "1000268201_693b08cb0e.jpg#0\tA child ."]) == "flickr_token"
-    assert prep.detect_format("results_20130124.token", ["1000092795.jpg#0\tTwo guys , one ."]) == "flickr_token"
-    assert prep.detect_format("captions.txt", ["image,caption", "a.jpg,A dog ."]) == "csv"
-    assert prep.detect_format("results.csv", ["image_name| comment_number| comment"]) == "pipe"
-    assert prep.detect_format("dataset_coco.json", ['{"images": []}']) == "karpathy"
-    with pytest.raises(prep.DatasetError, match="dataset.format"):
-        prep.detect_format("notes.txt", ["just some words"])
+# the failures
 
 
 def test_too_many_dropped_raises_names_reasons_and_writes_nothing(tmp_path):
     captions = demo_dataset(tmp_path, 4)
     (tmp_path / "images" / "img_00003.png").unlink()  # 5 of 20 captions lose their image
     config = make_config(tmp_path, captions, max_dropped_fraction=0.2)
-    with pytest.raises(prep.DatasetError) as raised:
+    with pytest.raises(DatasetError) as raised:
         prep.prepare(config)
     message = str(raised.value)
     assert "5 of 20" in message and "missing_image" in message and "img_00003.png" in message
     assert "dataset.max_dropped_fraction" in message
-    assert not Path(config.out_dir).exists()
+    assert not Path(config.table).exists() and not Path(config.report).exists()
 
     prepared = prep.prepare(make_config(tmp_path, captions, max_dropped_fraction=0.25))
     assert prepared.report["dropped_fraction"] == 0.25
@@ -393,7 +351,7 @@ def test_all_dropped_raises_even_with_a_threshold_of_one(tmp_path):
     captions = demo_dataset(tmp_path, 2)
     for image in (tmp_path / "images").iterdir():
         image.unlink()
-    with pytest.raises(prep.DatasetError, match="dropped all 10"):
+    with pytest.raises(DatasetError, match="dropped all 10"):
         prep.prepare(make_config(tmp_path, captions, max_dropped_fraction=1.0))
 
 
@@ -411,22 +369,19 @@ def test_missing_inputs_name_the_path_and_the_key(tmp_path):
 # main(), end to end
 
 
-def write_params(tmp_path: Path, **overrides) -> None:
-    dataset = dict(captions="captions.txt", images="images", format="auto", split_files=None,
-                   split_ratios={"train": 0.6, "val": 0.2, "test": 0.2}, seed=0, captions_per_image=5,
-                   max_dropped_fraction=0.05, check_images=True, out_dir="data/prepared")
-    dataset.update(overrides)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": dataset}), encoding="utf-8")
+def demo_params(tmp_path: Path) -> Path:
+    """The repository's params with the dataset section pointing at the files demo_dataset writes."""
+    return write_params(tmp_path, {"dataset": {"captions": "captions.txt", "images": "images",
+                                               "split_ratios": {"train": 0.6, "val": 0.2, "test": 0.2}}})
 
 
 def test_main_writes_the_table_and_the_report(tmp_path, monkeypatch, capsys):
     demo_dataset(tmp_path, 10)
-    write_params(tmp_path)
-    monkeypatch.setenv(PARAMS_ENV, str(tmp_path / "params.yaml"))
+    monkeypatch.setenv(PARAMS_ENV, str(demo_params(tmp_path)))
     monkeypatch.chdir(tmp_path)
     prep.main()
 
-    table = pd.read_csv(tmp_path / "data/prepared/captions.csv", keep_default_na=False)
+    table = read_captions(tmp_path / "data/prepared/captions.csv")
     assert list(table.columns) == ["image", "split", "caption"]
     assert len(table) == 50
     assert table.groupby("image")["split"].nunique().max() == 1
@@ -443,27 +398,14 @@ def test_main_writes_the_table_and_the_report(tmp_path, monkeypatch, capsys):
 
 def test_main_failing_leaves_the_previous_outputs_untouched(tmp_path, monkeypatch):
     captions = demo_dataset(tmp_path, 10)
-    write_params(tmp_path)
-    monkeypatch.setenv(PARAMS_ENV, str(tmp_path / "params.yaml"))
+    monkeypatch.setenv(PARAMS_ENV, str(demo_params(tmp_path)))
     monkeypatch.chdir(tmp_path)
     prep.main()
     before = (tmp_path / "data/prepared/captions.csv").read_bytes()
 
     with captions.open("a", encoding="utf-8") as file:
         file.writelines(f"gone_{i}.png#0\ta shape\n" for i in range(5))
-    with pytest.raises(prep.DatasetError, match="5 of 55"):
+    with pytest.raises(DatasetError, match="5 of 55"):
         prep.main()
     assert (tmp_path / "data/prepared/captions.csv").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["prepared"]
-
-
-def test_validation_is_carved_from_train_keeping_the_test_split() -> None:
-    """The seed's 80/20 train/test split stays reproducible: adding a val split takes it from train."""
-    images = [f"{i:05d}.jpg" for i in range(1000)]
-    two_way = prep.random_split(images, {"train": 0.8, "test": 0.2}, seed=7)
-    three_way = prep.random_split(images, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=7)
-    test_two = {i for i, s in two_way.items() if s == "test"}
-    assert len(test_two) == 200
-    assert test_two == {i for i, s in three_way.items() if s == "test"}
-    val = {i for i, s in three_way.items() if s == "val"}
-    assert len(val) == 100 and all(two_way[i] == "train" for i in val)

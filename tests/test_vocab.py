@@ -5,15 +5,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
 import pytest
-import yaml
 
-from pipeline.stages import vocab
 from pipeline.config import PARAMS_ENV
+from pipeline.datasets.table import write_captions
+from pipeline.stages import vocab
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import write_params
 
 
 def test_build_vocabulary_orders_by_count_then_alphabetically():
@@ -47,13 +45,10 @@ def test_build_vocabulary_counts_only_the_given_captions():
 
 def write_project(folder: Path, rows: list[tuple[str, str, str]], min_count: int) -> None:
     """params.yaml (the repository's, with paths into `folder`) and prepared/captions.csv."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    params["dataset"]["out_dir"] = str(folder / "prepared")
-    params["vocab"].update(min_count=min_count, out_dir=str(folder / "vocab"))
-    (folder / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    write_params(folder, {"dataset": {"table": str(folder / "prepared" / "captions.csv")},
+                          "vocab": {"min_count": min_count, "path": str(folder / "vocab" / "vocab.json")}})
     (folder / "prepared").mkdir()
-    pd.DataFrame(rows, columns=["image", "split", "caption"]).to_csv(folder / "prepared" / "captions.csv",
-                                                                      index=False)
+    write_captions(folder / "prepared" / "captions.csv", rows)
 
 
 ROWS = [

@@ -122,7 +122,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, start: int, end: int,
         for i in torch.nonzero(end_scores > best_scores[active]).flatten().tolist():
             b, k = int(active[i]), int(source[i, end_position[i]])
             best_scores[b] = end_scores[i]
-            best[b] = Hypothesis(sequences[i, k].tolist(), torch.cat([attention[i, k], alpha[i, k]]).cpu(),
+            best[b] = Hypothesis(sequences[i, k].tolist(), attention[i, k].cpu(),  # the END step's attention left out
                                  float(end_scores[i]))
 
         # live beams: the K best candidates that did not end

@@ -1,26 +1,22 @@
-"""The frozen encoder: shapes, region order, weights sources, errors, image loading."""
+"""The frozen ResNet50 encoder: shapes, region order, precision, weights sources and their errors."""
 from __future__ import annotations
 
 import urllib.error
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
 from torchvision.models import ResNet50_Weights
 
-from pipeline.encoder import (FEATURE_DIM, Encoder, EncoderError, ImageReadError, build_encoder, encode,
-                              encoder_info, file_sha256, load_image)
-
+from pipeline.encoder.resnet import FEATURE_DIM, Encoder, EncoderError, build_encoder, encode, encoder_info, file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def encoder() -> Encoder:
-    return build_encoder("resnet50", "none")
+    return build_encoder("none")
 
 
 @pytest.fixture(scope="module")
@@ -95,34 +91,37 @@ def test_random_weights_are_reproducible_and_leave_the_global_generator_alone(en
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    again = build_encoder("resnet50", "none")
+    again = build_encoder("none")
     assert torch.equal(torch.rand(3), expected)
     for (name, a), (_, b) in zip(encoder.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
 
 
 def test_state_dict_file_gives_the_resnet_conv_body(seeded_resnet: torch.nn.Module, state_dict_file: Path) -> None:
-    encoder = build_encoder("resnet50", str(state_dict_file))
+    encoder = build_encoder(str(state_dict_file))
     images = pixels(2, 64, seed=1)
     with torch.inference_mode():
         features = encoder(images)  # (B, P, E)
         expected = conv_body(seeded_resnet, images).flatten(2).transpose(1, 2)  # (B, P, E)
     torch.testing.assert_close(features, expected)
-    info = encoder_info("resnet50", str(state_dict_file), 64)
+    info = encoder_info(str(state_dict_file), 64, "fp32")
     assert info["weights_sha256"] == file_sha256(state_dict_file) and info["grid"] == 2
+    assert (info["architecture"], info["image_size"], info["precision"], info["feature_dim"]) == \
+        ("resnet50", 64, "fp32", FEATURE_DIM)
+    assert "weights_sha256" not in encoder_info("none", 64, "fp32")
 
 
 def test_state_dict_without_classifier_loads(seeded_resnet: torch.nn.Module, tmp_path: Path) -> None:
     path = tmp_path / "body.pt"
     torch.save({k: v for k, v in seeded_resnet.state_dict().items() if not k.startswith("fc.")}, path)
-    encoder = build_encoder("resnet50", str(path))
+    encoder = build_encoder(str(path))
     torch.testing.assert_close(encoder.body.conv1.weight, seeded_resnet.conv1.weight)
 
 
 def test_missing_state_dict_file_names_the_path(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.pth"
     with pytest.raises(EncoderError, match="nowhere.pth"):
-        build_encoder("resnet50", str(path))
+        build_encoder(str(path))
 
 
 def test_state_dict_with_wrong_keys_names_the_path_and_key(seeded_resnet: torch.nn.Module, tmp_path: Path) -> None:
@@ -131,21 +130,19 @@ def test_state_dict_with_wrong_keys_names_the_path_and_key(seeded_resnet: torch.
     path = tmp_path / "renamed.pth"
     torch.save(state, path)
     with pytest.raises(EncoderError, match=r"renamed\.pth.*layer4\.2\.bn3\.weight"):
-        build_encoder("resnet50", str(path))
+        build_encoder(str(path))
 
 
 def test_file_that_is_not_a_state_dict_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "junk.pth"
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(EncoderError, match="junk.pth"):
-        build_encoder("resnet50", str(path))
+        build_encoder(str(path))
 
 
 def test_unknown_names_list_the_options() -> None:
-    with pytest.raises(EncoderError, match=r"IMAGENET1K_V1, IMAGENET1K_V2, none"):
-        build_encoder("resnet50", "IMAGENET1K_V9")
-    with pytest.raises(EncoderError, match="resnet50"):
-        build_encoder("vgg16", "none")
+    with pytest.raises(EncoderError, match=r"unknown encoder weights 'IMAGENET1K_V9'.*IMAGENET1K_V1, IMAGENET1K_V2, none"):
+        build_encoder("IMAGENET1K_V9")
 
 
 def test_offline_download_says_which_file_to_place_and_the_cache_is_used(
@@ -157,48 +154,14 @@ def test_offline_download_says_which_file_to_place_and_the_cache_is_used(
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     expected_file = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
     with pytest.raises(EncoderError, match=str(expected_file)):
-        build_encoder("resnet50", "IMAGENET1K_V1")
+        build_encoder("IMAGENET1K_V1")
 
     expected_file.parent.mkdir(parents=True, exist_ok=True)
     expected_file.write_bytes(b"half a download")
     with pytest.raises(EncoderError, match="delete that file"):
-        build_encoder("resnet50", "IMAGENET1K_V1")
+        build_encoder("IMAGENET1K_V1")
 
     # following the advice (a good file at that place) works offline
     torch.save(seeded_resnet.state_dict(), expected_file)
-    encoder = build_encoder("resnet50", "IMAGENET1K_V1")
+    encoder = build_encoder("IMAGENET1K_V1")
     torch.testing.assert_close(encoder.body.layer4[2].conv3.weight, seeded_resnet.layer4[2].conv3.weight)
-
-
-# ----------------------------------------------------------------------------------------------
-# images
-
-
-def test_load_image_resizes_the_whole_image_without_cropping(tmp_path: Path) -> None:
-    # a wide image: a centre crop would cut off the green stripe at its left edge
-    array = np.zeros((40, 80, 3), dtype=np.uint8)
-    array[:, :10] = (0, 255, 0)
-    array[:, 10:] = (255, 0, 0)
-    Image.fromarray(array).save(tmp_path / "wide.png")
-    image = load_image(tmp_path / "wide.png", 64)
-    assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
-    assert (image[1, :, :6] > 200).all() and (image[0, :, :6] < 50).all()  # stripe kept, 10/80 of the width
-    assert (image[0, :, 10:] > 200).all()
-
-
-def test_pil_fallback_matches_torchvision_decoding(tmp_path: Path) -> None:
-    array = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    Image.fromarray(array).save(tmp_path / "image.png")
-    Image.fromarray(array).save(tmp_path / "image.bmp")  # a format torchvision.io does not decode
-    Image.fromarray(array).convert("L").save(tmp_path / "grey.png")
-    assert torch.equal(load_image(tmp_path / "image.png", 32), load_image(tmp_path / "image.bmp", 32))
-    assert load_image(tmp_path / "grey.png", 32).shape == (3, 32, 32)
-
-
-def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "broken.jpg"
-    path.write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    with pytest.raises(ImageReadError, match="broken.jpg"):
-        load_image(path, 64)
-    with pytest.raises(ImageReadError, match="absent.png"):
-        load_image(tmp_path / "absent.png", 64)

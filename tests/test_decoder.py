@@ -1,0 +1,199 @@
+"""The decoder: shapes, standardisation, the fused LSTM cell, the start/advance decoding interface, the loss,
+and overfitting a batch."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.model.decoder import caption_loss
+from tests.tiny_models import END, PAD, A, D, E, H, P, V, generate, make_features, make_model, padded
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: extra threads only add overhead
+
+
+# ----------------------------------------------------------------------------------------------
+# shapes and the teacher-forced pass
+
+
+def test_forward_shapes_and_attention_is_a_distribution():
+    model = make_model()
+    captions = padded([[4, 5, 6], [7], [8, 9, 10, 11, 4]])  # (3, 7)
+    logits, alphas = model(make_features(3), captions)
+    assert logits.shape == (3, captions.size(1) - 1, V)
+    assert alphas.shape == (3, captions.size(1) - 1, P)
+    assert (alphas >= 0).all()
+    torch.testing.assert_close(alphas.sum(dim=2), torch.ones(3, captions.size(1) - 1))
+
+
+def test_prepare_features_shapes_and_standardisation():
+    model = make_model()
+    mean, std = torch.linspace(-1, 1, E), torch.linspace(0.5, 2, E)
+    model.set_feature_statistics(mean, std)
+    features = make_features(2).half()  # cached features are float16
+    x, projected, h, c = model.prepare_features(features)
+    assert x.shape == (2, P, E) and x.dtype == torch.float32
+    assert projected.shape == (2, P, A)
+    assert h.shape == (2, H) and c.shape == (2, H)
+    torch.testing.assert_close(x, (features.float() - mean) / std)
+    torch.testing.assert_close(projected, model.encoder_projection(x))
+    torch.testing.assert_close(h, torch.tanh(model.init_h(x.mean(dim=1))))
+
+
+def test_feature_std_is_clamped_away_from_zero():
+    model = make_model()
+    model.set_feature_statistics(torch.zeros(E), torch.zeros(E))
+    assert (model.feature_std > 0).all()
+    x, *_ = model.prepare_features(make_features(1))
+    assert torch.isfinite(x).all()
+
+
+def test_forward_is_causal():
+    """Logits at step t depend only on the words up to t (teacher forcing, no peeking)."""
+    model = make_model()
+    features = make_features(2)
+    captions = padded([[4, 5, 6, 7], [8, 9, 10, 11]])
+    changed = captions.clone()
+    changed[:, 3:] = 5
+    logits, alphas = model(features, captions)
+    changed_logits, changed_alphas = model(features, changed)
+    torch.testing.assert_close(logits[:, :3], changed_logits[:, :3])
+    torch.testing.assert_close(alphas[:, :4], changed_alphas[:, :4])  # alpha at t uses h before word t
+    assert not torch.allclose(logits[:, 3:], changed_logits[:, 3:])
+
+
+# ----------------------------------------------------------------------------------------------
+# start/advance, the interface beam search drives, is the teacher-forced pass one word at a time
+
+
+def test_advance_step_by_step_equals_the_teacher_forced_pass():
+    model = make_model(seed=3, sharpness=4.0)
+    features = make_features(3)
+    captions = padded([[4, 5, 6], [7, 8, 9], [10, 11, 4]])  # (3, 5)
+    with torch.no_grad():
+        logits, alphas = model(features, captions)  # (3, 4, V), (3, 4, P)
+        state = model.start(features)
+        for t in range(captions.size(1) - 1):
+            log_probs, alpha, state = model.advance(state, captions[:, t])
+            torch.testing.assert_close(log_probs, F.log_softmax(logits[:, t], dim=1))
+            torch.testing.assert_close(alpha, alphas[:, t])
+    assert log_probs.dtype == torch.float32
+
+
+def test_state_select_picks_rows_in_order():
+    model = make_model()
+    state = model.start(make_features(3))
+    chosen = state.select(torch.tensor([2, 0, 2]))
+    for field in ("x", "projected", "h", "c"):
+        torch.testing.assert_close(getattr(chosen, field), getattr(state, field)[[2, 0, 2]])
+
+
+# ----------------------------------------------------------------------------------------------
+# the fused LSTM cell is nn.LSTMCell(D + E, H) on [embedding; gated context]
+
+
+def test_step_equals_lstm_cell_on_embedding_and_gated_context():
+    model = make_model()
+    torch.manual_seed(5)
+    cell = torch.nn.LSTMCell(D + E, H)
+    with torch.no_grad():
+        cell.bias_hh.normal_()  # make both biases matter
+        model.word_gates.weight.copy_(cell.weight_ih[:, :D])
+        model.word_gates.bias.copy_(cell.bias_ih + cell.bias_hh)
+        model.recurrent_gates.weight.copy_(torch.cat([cell.weight_ih[:, D:], cell.weight_hh], dim=1))
+
+    features = make_features(3)
+    embedded = torch.randn(3, D)
+    with torch.no_grad():
+        x, projected, h, c = model.prepare_features(features)
+        h = h + torch.randn_like(h)  # a state away from the initial one
+        c = torch.randn_like(c)
+        new_h, new_c, alpha = model.step(x, projected, model.word_gates(embedded), h, c)
+
+        hidden = model.hidden_projection(h)  # (B, A + E)
+        context, reference_alpha = model.attention(x, projected, hidden[:, :A])
+        gated = torch.sigmoid(hidden[:, A:]) * context  # (B, E)
+        reference_h, reference_c = cell(torch.cat([embedded, gated], dim=1), (h, c))
+
+    torch.testing.assert_close(new_h, reference_h)
+    torch.testing.assert_close(new_c, reference_c)
+    torch.testing.assert_close(alpha, reference_alpha)
+    # the attention context is the alpha-weighted sum of the (standardised) region features
+    torch.testing.assert_close(context, (reference_alpha.unsqueeze(2) * x).sum(dim=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# the loss
+
+
+def loss_inputs():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 5, V, generator=generator)  # (B, T, V)
+    targets = torch.tensor([[4, 5, 6, END, PAD], [7, END, PAD, PAD, PAD], [8, 9, 10, 11, END]])  # (B, T)
+    alphas = torch.rand(3, 5, P, generator=generator).softmax(dim=2)  # (B, T, P)
+    return logits, targets, alphas
+
+
+def test_caption_loss_equals_cross_entropy_over_non_pad_targets():
+    logits, targets, alphas = loss_inputs()
+    _, cross_entropy = caption_loss(logits, targets, alphas, PAD, attention_penalty=0.0)
+    log_probs = F.log_softmax(logits, dim=2)
+    terms = [-log_probs[b, t, targets[b, t]] for b in range(3) for t in range(5) if targets[b, t] != PAD]
+    assert len(terms) == 4 + 2 + 5
+    torch.testing.assert_close(cross_entropy, torch.stack(terms).mean())
+
+
+def test_caption_loss_ignores_pad_positions():
+    logits, targets, alphas = loss_inputs()
+    total, cross_entropy = caption_loss(logits, targets, alphas, PAD, attention_penalty=1.0)
+    is_pad = targets == PAD
+    changed_logits, changed_alphas = logits.clone(), alphas.clone()
+    changed_logits[is_pad] = torch.randn(int(is_pad.sum()), V) * 10
+    changed_alphas[is_pad] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    changed_total, changed_cross_entropy = caption_loss(changed_logits, targets, changed_alphas, PAD, 1.0)
+    torch.testing.assert_close(changed_cross_entropy, cross_entropy)
+    torch.testing.assert_close(changed_total, total)
+    # a change at a real position does change it
+    changed_logits[0, 0, 4] -= 5.0
+    assert caption_loss(changed_logits, targets, alphas, PAD, 1.0)[1] > cross_entropy
+
+
+def test_attention_penalty_of_uniform_attention_is_hand_computed():
+    """Uniform attention over 4 regions for 2 real steps: each region's coverage is 2 * 1/4 = 0.5, so the
+    penalty is mean over regions of (1 - 0.5)^2 = 0.25; a PAD step's attention does not count."""
+    logits = torch.zeros(1, 3, V)  # (B, T, V): every word equally likely, cross-entropy log V
+    targets = torch.tensor([[4, END, PAD]])  # (B, T): two real steps
+    alphas = torch.tensor([[[0.25] * 4, [0.25] * 4, [1.0, 0.0, 0.0, 0.0]]])  # (B, T, P)
+    total, cross_entropy = caption_loss(logits, targets, alphas, PAD, attention_penalty=2.0)
+    assert cross_entropy.item() == pytest.approx(math.log(V))
+    assert total.item() == pytest.approx(math.log(V) + 2.0 * 0.25)
+    # attention on one region for both steps: coverage (2, 0, 0, 0), penalty (1 + 1 + 1 + 1) / 4 = 1
+    focused = torch.tensor([[[1.0, 0.0, 0.0, 0.0]] * 3])
+    assert caption_loss(logits, targets, focused, PAD, 1.0)[0].item() == pytest.approx(math.log(V) + 1.0)
+    assert caption_loss(logits, targets, alphas, PAD, 0.0)[0].item() == pytest.approx(math.log(V))
+
+
+# ----------------------------------------------------------------------------------------------
+# a batch overfits and greedy decoding then reproduces it
+
+
+def test_overfits_a_batch_and_greedy_reproduces_the_captions():
+    model = make_model(seed=0, dropout=0.1).train()
+    features = make_features(4, seed=7) * 2
+    training = [[4, 5, 6], [7, 8], [9, 10, 11, 4, 5], [6]]
+    captions = padded(training)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        logits, alphas = model(features, captions)
+        loss, _ = caption_loss(logits, captions[:, 1:], alphas, PAD, attention_penalty=1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    logits, alphas = model(features, captions)
+    assert caption_loss(logits, captions[:, 1:], alphas, PAD, 1.0)[1] < 0.05
+    for beam_size in (1, 3):
+        tokens, _, _ = generate(model, features, beam_size, max_length=10)
+        assert tokens == training

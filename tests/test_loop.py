@@ -1,0 +1,99 @@
+"""The training pieces: the model built from the vocabulary and embeddings (frozen or fine-tuned), one
+epoch of run_epoch, the embedding checks, and each process's share of the batches."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.config import ModelConfig, TrainConfig, load_section
+from pipeline.encoder.feature_cache import FeatureStore
+from pipeline.encoder.feature_matrix import FeatureMatrix
+from pipeline.text import SPECIAL_TOKENS, Vocabulary
+from pipeline.training.batches import encode_captions
+from pipeline.training.loop import build_model, load_embeddings, run_epoch, shard
+from tests.conftest import ROOT, write_feature_cache
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CPU = torch.device("cpu")
+VOCABULARY = Vocabulary((*SPECIAL_TOKENS, "a", "red", "blue", "circle", "square"))
+CAPTIONS = pd.DataFrame({"image": ["x.png", "y.png", "x.png", "y.png"],
+                         "caption": ["a red circle", "a blue square", "red circle", "blue square"]})
+
+
+def model_config(fine_tune: bool) -> ModelConfig:
+    return ModelConfig(attention_dim=4, decoder_dim=8, dropout=0.0, fine_tune_embeddings=fine_tune,
+                       max_caption_length=5)
+
+
+def train_config() -> TrainConfig:
+    return load_section(TrainConfig, ROOT / "params.yaml").model_copy(update={"amp": "fp32"})
+
+
+def train_a_little(tmp_path: Path, fine_tune: bool) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """Three epochs of run_epoch on 2 images and 4 captions; returns the model and its weights before."""
+    torch.manual_seed(0)
+    names = ["x.png", "y.png"]
+    features = np.random.default_rng(0).normal(size=(2, 4, 6)).astype(np.float32)  # (N, P, E)
+    matrix = FeatureMatrix(FeatureStore(write_feature_cache(tmp_path / "features.h5", names, features)), names, CPU)
+    captions = encode_captions(CAPTIONS, VOCABULARY, matrix.rows, max_words=5)
+    embeddings = torch.randn(len(VOCABULARY), 5)  # (V, D)
+    model = build_model(VOCABULARY, embeddings, feature_dim=6, config=model_config(fine_tune))
+    assert torch.equal(model.embedding.weight, embeddings)
+    before = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05, weight_decay=0.01)  # every parameter offered
+    batches = [torch.tensor([0, 1]), torch.tensor([2, 3])]
+    for _ in range(3):
+        stats = run_epoch(model, matrix, captions, batches, train_config(), CPU, optimizer)
+        assert stats["loss"] > 0 and stats["loss"] >= stats["cross_entropy"]
+    return model, before
+
+
+def test_a_frozen_embedding_stays_bit_identical(tmp_path: Path) -> None:
+    model, before = train_a_little(tmp_path, fine_tune=False)
+    assert not model.embedding.weight.requires_grad
+    assert torch.equal(model.embedding.weight, before["embedding.weight"])
+    assert not torch.equal(model.output.weight, before["output.weight"])  # the rest did train
+
+
+def test_a_fine_tuned_embedding_changes(tmp_path: Path) -> None:
+    model, before = train_a_little(tmp_path, fine_tune=True)
+    assert model.embedding.weight.requires_grad
+    assert not torch.equal(model.embedding.weight, before["embedding.weight"])
+
+
+def test_validation_epoch_changes_nothing(tmp_path: Path) -> None:
+    names = ["x.png", "y.png"]
+    features = np.random.default_rng(1).normal(size=(2, 4, 6)).astype(np.float32)
+    matrix = FeatureMatrix(FeatureStore(write_feature_cache(tmp_path / "features.h5", names, features)), names, CPU)
+    captions = encode_captions(CAPTIONS, VOCABULARY, matrix.rows, max_words=5)
+    model = build_model(VOCABULARY, torch.randn(len(VOCABULARY), 5), 6, model_config(True))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with torch.no_grad():
+        first = run_epoch(model, matrix, captions, [torch.arange(4)], train_config(), CPU)
+        second = run_epoch(model, matrix, captions, [torch.tensor([0, 1]), torch.tensor([2, 3])], train_config(), CPU)
+    assert not model.training
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+    # the epoch loss is the mean over real tokens, however the captions are batched
+    assert first["cross_entropy"] == pytest.approx(second["cross_entropy"], rel=1e-5)
+
+
+def test_embeddings_must_match_the_vocabulary(tmp_path: Path) -> None:
+    path = tmp_path / "embeddings.npy"
+    np.save(path, np.zeros((3, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="vocabulary has 5 words"):
+        load_embeddings(path, Vocabulary((*SPECIAL_TOKENS, "a")))
+    with pytest.raises(FileNotFoundError, match="dvc repro embeddings"):
+        load_embeddings(tmp_path / "missing.npy", Vocabulary((*SPECIAL_TOKENS, "a")))
+
+
+def test_shard_gives_every_process_the_same_number_of_distinct_batches() -> None:
+    batches = [torch.tensor([i]) for i in range(7)]
+    parts = [shard(batches, rank, 3) for rank in range(3)]
+    assert [len(p) for p in parts] == [2, 2, 2]
+    assert sorted(int(b) for p in parts for b in p) == list(range(6))
+    assert shard(batches, 0, 1) == batches

@@ -1,0 +1,34 @@
+"""The run's environment: which device and precision `auto` means, and a clear error for a missing GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline import runtime
+
+
+def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert runtime.resolve_precision("fp32", cuda) == "fp32" and runtime.resolve_precision("bf16", cpu) == "bf16"
+    assert runtime.resolve_precision("auto", cuda) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    assert runtime.resolve_precision("auto", cpu) == "bf16"
+
+
+def test_auto_device_and_a_missing_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.resolve_device("auto") == torch.device("cpu")
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="device 'cuda:1' was asked for but CUDA is not available"):
+        runtime.resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.resolve_device("auto") == torch.device("cuda")
+
+
+def test_seed_everything_repeats_the_random_streams() -> None:
+    runtime.seed_everything(3)
+    first = torch.rand(2)
+    runtime.seed_everything(3)
+    assert torch.equal(torch.rand(2), first)

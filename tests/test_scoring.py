@@ -1,0 +1,42 @@
+"""Caption metrics: hand-computed BLEU values, perfect scores for identical captions, the checks on inputs and Java."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeline.evaluation import scoring
+
+
+def test_coco_scores_are_perfect_for_identical_captions_and_lower_otherwise() -> None:
+    references = {"1": ["a red circle to the left of a blue square", "there is a red circle and a blue square"],
+                  "2": ["a green triangle on a grey background", "a single green triangle"]}
+    perfect = scoring.coco_scores(references, {"1": references["1"][0], "2": references["2"][0]})
+    assert perfect["bleu4"] == pytest.approx(1.0, abs=1e-6)
+    assert perfect["rouge_l"] == pytest.approx(1.0)
+    assert perfect["meteor"] > 0.9
+    worse = scoring.coco_scores(references, {"1": "a blue square", "2": "a red circle"})
+    for key in ("bleu1", "bleu4", "meteor", "rouge_l", "cider"):
+        assert worse[key] < perfect[key], key
+    # by hand: image 1 matches all 3 words ("a" clipped to once) and both bigrams, closest reference length 9;
+    # image 2 matches "a" only, no bigram, closest reference length 4. c = 6 words, r = 13, so the
+    # brevity penalty is exp(1 - 13/6); unigram precision 4/6, bigram precision 2/4
+    penalty = math.exp(1 - 13 / 6)
+    assert worse["bleu1"] == pytest.approx(penalty * 4 / 6, abs=1e-6)
+    assert worse["bleu2"] == pytest.approx(penalty * math.sqrt(4 / 6 * 2 / 4), abs=1e-6)
+    assert scoring.bleu4(references, {"1": references["1"][0], "2": references["2"][0]}) == pytest.approx(1.0, abs=1e-6)
+    assert scoring.bleu4(references, {"1": "a blue square", "2": "a red circle"}) == \
+        pytest.approx(worse["bleu4"], abs=1e-6)  # the Java-free BLEU-4 agrees on normalised text
+
+
+def test_hypotheses_must_cover_the_references() -> None:
+    with pytest.raises(ValueError, match="same images"):
+        scoring.bleu4({"1": ["a dog"], "2": ["a cat"]}, {"1": "a dog"})
+    with pytest.raises(ValueError, match="no captions"):
+        scoring.bleu4({}, {})
+
+
+def test_missing_java_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scoring.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="default-jre-headless"):
+        scoring.coco_scores({"1": ["a red circle"]}, {"1": "a red circle"})
