@@ -1,12 +1,13 @@
 """Filtering caption records: drop the captions of bad images, give every caption its split,
-normalise, drop empty and repeated captions, count captions per image."""
+normalise, drop empty and repeated captions, report very long ones, count captions per image."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from pipeline.datasets.formats import CaptionLine
-from pipeline.datasets.report import MAX_EXAMPLES, Problems, clip
+from pipeline.datasets.report import LONG_CAPTION_WORDS, MAX_EXAMPLES, Problems, clip
 from pipeline.text import normalise
 
 
@@ -47,7 +48,7 @@ def resolve_splits(records: list[CaptionLine], split_of: dict[str, str] | None,
     return kept
 
 def clean_captions(records: Iterable[CaptionLine], problems: Problems) -> list[CaptionLine]:
-    """Normalise every caption; drop the empty ones and repeated (image, caption) pairs."""
+    """Normalise every caption; drop the empty ones and repeated (image, caption) pairs; report long ones."""
     kept = []
     first_line: dict[tuple[str, str], int] = {}
     for record in records:
@@ -61,6 +62,9 @@ def clean_captions(records: Iterable[CaptionLine], problems: Problems) -> list[C
                                                "first_line": first_line[key]})
             continue
         first_line[key] = record.line
+        words = caption.count(" ") + 1
+        if words > LONG_CAPTION_WORDS:
+            problems.add("long_caption", {"line": record.line, "image": record.image, "words": words})
         kept.append(record._replace(text=caption))
     return kept
 

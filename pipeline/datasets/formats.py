@@ -9,6 +9,9 @@
   `dataset_coco.json`), which carries its own splits (restval counts as train).
 
 Parsers only read; what they fix or drop is counted in a `Problems` (pipeline.datasets.report).
+A line that is not UTF-8 is read as Windows-1252 (the byte E9 in `caf<E9>` -> `café`, normalised to `cafe`)
+and counted as `non_utf8_line`; a caption id (`IMAGE#N`, or image and number column) used by two
+lines with different captions is kept and counted as `duplicate_id`.
 """
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ import csv
 import json
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 from pipeline.config import SPLITS
 from pipeline.datasets.report import DatasetError, Problems, clip
@@ -57,7 +61,7 @@ class TextFile:
 
 
 def decode_text(data: bytes) -> TextFile:
-    """Decode bytes as UTF-8 (BOM removed), line by line with replacement where a line is not UTF-8."""
+    """Decode bytes as UTF-8 (BOM removed); a line that is not UTF-8 is read as Windows-1252 (see decode_legacy)."""
     bom = data.startswith(codecs.BOM_UTF8)
     if bom:
         data = data[len(codecs.BOM_UTF8):]
@@ -72,14 +76,30 @@ def decode_text(data: bytes) -> TextFile:
             try:
                 lines.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
-                lines.append(raw.decode("utf-8", errors="replace"))
+                lines.append(decode_legacy(raw))
                 non_utf8.append(number)
     if lines and lines[-1] == "":
         lines.pop()  # the final line end
     crlf = sum(1 for line in lines if line.endswith("\r"))
     if crlf:
-        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+        lines = [line.removesuffix("\r") for line in lines]
     return TextFile(lines, non_utf8, crlf, bom)
+
+def decode_legacy(raw: bytes) -> str:
+    """A line that is not UTF-8, read as Windows-1252 (Latin-1 plus curly quotes and dashes), the usual
+    encoding of such files; a line with a byte Windows-1252 leaves undefined is read as Latin-1."""
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")  # defines every byte
+
+def note_id(seen: dict[tuple[str, str], tuple[int, str]], key: tuple[str, str], line: int, text: str,
+            problems: Problems) -> None:
+    """Count `duplicate_id` when caption id `key` was already used by a line with another caption."""
+    text = " ".join(text.split())
+    first = seen.setdefault(key, (line, text))
+    if first[1] != text:
+        problems.add("duplicate_id", {"line": line, "id": "#".join(key), "first_line": first[0]})
 
 def detect_format(filename: str, lines: Sequence[str]) -> str:
     """Guess the captions format from the file name and its first non-blank line."""
@@ -101,6 +121,7 @@ def detect_format(filename: str, lines: Sequence[str]) -> str:
 def parse_token(lines: Sequence[str], problems: Problems) -> list[CaptionLine]:
     """Parse `IMAGE#N<TAB>caption` lines; a line whose tab is spaces is repaired when unambiguous."""
     records = []
+    seen: dict[tuple[str, str], tuple[int, str]] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -119,6 +140,8 @@ def parse_token(lines: Sequence[str], problems: Problems) -> list[CaptionLine]:
         if not image:
             problems.add("malformed_line", {"line": number, "text": clip(line)})
             continue
+        if match:
+            note_id(seen, (image, key.rpartition("#")[2]), number, caption, problems)
         records.append(CaptionLine(image, caption, number))
     return records
 
@@ -147,7 +170,9 @@ def parse_delimited(lines: Sequence[str], delimiter: str, problems: Problems) ->
                         skipinitialspace=True)
     header: list[str] | None = None
     image_column = caption_column = 0
+    number_column: int | None = None
     records = []
+    seen: dict[tuple[str, str], tuple[int, str]] = {}
     try:
         for row in reader:
             row = [value.strip() for value in row]
@@ -161,6 +186,7 @@ def parse_delimited(lines: Sequence[str], delimiter: str, problems: Problems) ->
                                        f"caption column ({', '.join(CAPTION_COLUMNS)}); add a header such as "
                                        f"'image{delimiter}caption' or set dataset.format")
                 image_column, caption_column = found_image, found_caption
+                number_column = _find_column(header, NUMBER_COLUMNS)
                 continue
             fitted = _fit_row(row, header, caption_column, delimiter)
             if fitted is None or not fitted[0][image_column]:
@@ -169,6 +195,9 @@ def parse_delimited(lines: Sequence[str], delimiter: str, problems: Problems) ->
             fields, repaired = fitted
             if repaired:
                 problems.add("repaired_line", {"line": reader.line_num, "text": clip(delimiter.join(row))})
+            if number_column is not None and fields[number_column]:
+                note_id(seen, (fields[image_column], fields[number_column]), reader.line_num, fields[caption_column],
+                        problems)
             records.append(CaptionLine(fields[image_column], fields[caption_column], reader.line_num))
     except csv.Error as error:
         raise DatasetError(f"line {reader.line_num}: {error}; fix the line or set dataset.format") from error

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from pipeline.config import SPLITS, DatasetConfig
 
 MAX_EXAMPLES = 5  # examples kept per reason in the report
 
 MAX_EXAMPLE_CHARS = 200
+
+# A caption of more words is kept but reported as `long_caption`: far more than one sentence, it is
+# usually several captions glued together by a lost line end. Training cuts captions to
+# model.max_caption_length words anyway.
+LONG_CAPTION_WORDS = 100
 
 DROPPED = {
     "malformed_line": "fix or remove those lines, or set dataset.format if '{format}' is not the file's format",
@@ -27,7 +33,8 @@ DROPPED = {
 
 FIXED = ("non_utf8_line", "repaired_line", "crlf_line_end", "byte_order_mark")
 
-REPORTED = ("wrong_caption_count", "restval_as_train")
+REPORTED = {"wrong_caption_count": "images", "restval_as_train": "images",  # reason -> what is counted
+            "duplicate_id": "lines", "long_caption": "captions"}
 
 IMAGE_REASONS = ("missing_image", "image_not_in_any_split", "unreadable_image")  # also count images
 
@@ -41,7 +48,7 @@ class DatasetError(ValueError):
 class Problems:
     """Counts and first examples of everything dropped, fixed or reported, by reason."""
 
-    counts: Counter[str] = field(default_factory=Counter)  # captions (dropped), lines (fixed), images (reported)
+    counts: Counter[str] = field(default_factory=Counter)  # captions (dropped), lines (fixed), REPORTED[reason] (reported)
     images: Counter[str] = field(default_factory=Counter)  # images, for the image-level reasons
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
 
@@ -75,6 +82,8 @@ def build_report(config: DatasetConfig, fmt: str, split_source: str, lines_read:
         item: dict[str, Any] = {unit: problems.counts[reason]}
         if reason in IMAGE_REASONS:
             item["images"] = problems.images[reason]
+        if reason == "long_caption":
+            item["max_words"] = LONG_CAPTION_WORDS
         item["examples"] = problems.examples.get(reason, [])
         return item
 
@@ -94,7 +103,7 @@ def build_report(config: DatasetConfig, fmt: str, split_source: str, lines_read:
         "captions_per_image": {"expected": config.captions_per_image, "histogram": histogram},
         "dropped": {reason: entry(reason, "captions") for reason in DROPPED},
         "fixed": {reason: entry(reason, "lines") for reason in FIXED},
-        "reported": {reason: entry(reason, "images") for reason in REPORTED},
+        "reported": {reason: entry(reason, unit) for reason, unit in REPORTED.items()},
     }
 
 def check_dropped(report: dict[str, Any]) -> None:
@@ -103,7 +112,8 @@ def check_dropped(report: dict[str, Any]) -> None:
         raise DatasetError(f"no captions found in {report['captions_file']} (read as {report['format']}); "
                            f"check dataset.captions and dataset.format in params.yaml")
     fraction, limit = report["dropped_fraction"], report["max_dropped_fraction"]
-    if report["total"]["captions"] == 0:
+    everything = report["total"]["captions"] == 0
+    if everything:
         headline = f"prepare dropped all {report['lines_read']} caption lines"
     elif fraction > limit:
         headline = (f"prepare dropped {report['dropped_captions']} of {report['lines_read']} caption lines "
@@ -117,12 +127,23 @@ def check_dropped(report: dict[str, Any]) -> None:
         examples = json.dumps(report["dropped"][reason]["examples"][:3])
         advice = DROPPED[reason].format(format=report["format"], images=report["images"])
         details.append(f"  {reason}: {count} captions, e.g. {examples}\n    -> {advice}")
-    raise DatasetError(f"{headline}. Top reasons:\n" + "\n".join(details) + "\nFix the data, or raise "
-                       "dataset.max_dropped_fraction if this loss is expected. Nothing was written.")
+    advice = ("Fix the data" if everything else
+              "Fix the data, or raise dataset.max_dropped_fraction if this loss is expected")
+    raise DatasetError(f"{headline}. Top reasons:\n" + "\n".join(details) + f"\n{advice}. Nothing was written.")
 
-def _nonzero(entries: dict[str, dict[str, Any]], unit: str) -> str:
-    """'reason N, reason N' for the reasons that occurred."""
-    return ", ".join(f"{reason} {entry[unit]}" for reason, entry in entries.items() if entry[unit])
+
+def no_images_found(captions: str, images: str, named: list[str], files: set[str]) -> DatasetError:
+    """The error when none of the images the captions name is in the image folder."""
+    found = (f"it holds {len(files)} files, e.g. '{min(files)}', none of them named by the captions" if files
+             else "it holds no files")
+    return DatasetError(f"none of the {len(named)} images named by {captions} (e.g. '{named[0]}') is under "
+                        f"dataset.images ({images}): {found}; the pipeline needs the images: put them there or point "
+                        f"dataset.images at the folder that holds them. Nothing was written.")
+
+def _nonzero(entries: dict[str, dict[str, Any]], unit: str | dict[str, str]) -> str:
+    """'reason N, reason N' for the reasons that occurred (`unit`: the count's key, or one per reason)."""
+    units = unit if isinstance(unit, dict) else dict.fromkeys(entries, unit)
+    return ", ".join(f"{reason} {entry[units[reason]]}" for reason, entry in entries.items() if entry[units[reason]])
 
 def summary(report: dict[str, Any]) -> str:
     """One line: format, images/captions per split, what was dropped, fixed and reported, and why."""
@@ -131,7 +152,7 @@ def summary(report: dict[str, Any]) -> str:
     line = (f"prepare: {report['format']}: {splits}; dropped {report['dropped_captions']} of "
             f"{report['lines_read']} caption lines ({report['dropped_fraction']:.2%})")
     for label, key, unit in (("dropped", "dropped", "captions"), ("fixed", "fixed", "lines"),
-                             ("reported", "reported", "images")):
+                             ("reported", "reported", REPORTED)):
         reasons = _nonzero(report[key], unit)
         if reasons:
             line += f"; {label}: {reasons}"

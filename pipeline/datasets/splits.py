@@ -1,8 +1,8 @@
 """Splits by image: the official split lists, or a seeded random split with the configured ratios."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 

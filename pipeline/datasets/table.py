@@ -6,8 +6,8 @@ Columns: `image` (path under `dataset.images`), `split` (train, val or test) and
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

@@ -9,11 +9,18 @@ Layout of the cache file (`encoder.cache`, features.h5):
 `FeatureStore` opens it read-only. `load()` reads it (or some rows) into memory; indexing
 (`store[rows]`) streams rows through a handle opened lazily once per process, so each DataLoader
 worker reads through its own handle.
+
+Checked writes: HDF5 reports some write errors only when a file is closed, where h5py cannot raise
+them, so a cache is read back before it is trusted: `verify_cache` reopens the finished file
+read-only and checks its shape, its names and every row, against the optional `row_crc32` dataset
+(N,) uint32 of per-row CRC-32s written beside the features (`row_checksums`), or, without it,
+that no row reads back as all zeros (HDF5's fill value for a chunk that never reached the disk).
 """
 from __future__ import annotations
 
 import math
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +30,9 @@ import torch
 
 FEATURES = "features"  # dataset (N, P, E)
 IMAGES = "images"  # dataset (N,) of names
+CHECKSUMS = "row_crc32"  # optional dataset (N,) uint32: CRC-32 of each row's bytes, written with the row
+DONE_MASK = "done"  # the partial file's (N,) bool mask of finished rows (pipeline.encoder.extraction.DONE)
+VERIFY_ROWS = 256  # rows read at a time by verify_cache
 
 Rows = int | slice | Sequence[int] | np.ndarray | torch.Tensor
 
@@ -169,3 +179,71 @@ def _read(dataset: h5py.Dataset, rows: Rows | None) -> torch.Tensor:
     # HDF5 reads a selection fastest, and h5py only accepts one, in increasing order without repeats
     unique, inverse = np.unique(wanted, return_inverse=True)
     return torch.from_numpy(dataset[unique][inverse])  # (R, P, E)
+
+
+def feature_bytes(num_rows: int, num_regions: int, feature_dim: int, dtype: str) -> int:
+    """Bytes the features of `num_rows` images take on disk (N * P * E * itemsize; HDF5 adds well under 1%)."""
+    return num_rows * num_regions * feature_dim * np.dtype(dtype).itemsize
+
+
+def row_checksums(features: np.ndarray) -> np.ndarray:
+    """(B, P, E) rows -> (B,) uint32: the CRC-32 of each row's bytes, as stored in the CHECKSUMS dataset."""
+    return np.fromiter((zlib.crc32(np.ascontiguousarray(row).tobytes()) for row in features),
+                       dtype=np.uint32, count=len(features))
+
+
+def create_checksums(file: h5py.File, num_rows: int) -> h5py.Dataset:
+    """Add the (N,) CHECKSUMS dataset (0 until each row is written) to a writable cache or partial file."""
+    return file.create_dataset(CHECKSUMS, shape=(num_rows,), dtype=np.uint32)
+
+
+def unwritten_rows(path: str | Path) -> np.ndarray:
+    """Rows of the cache (or partial file) at `path` that do not read back as written, sorted.
+
+    A row is bad when its CRC-32 differs from CHECKSUMS (when the file has them), else when it is all
+    zeros, and in a partial file also when its done mask is False. Raises OSError when the file
+    cannot be opened or read.
+    """
+    with h5py.File(path, "r") as file:
+        features = file[FEATURES]
+        sums = file[CHECKSUMS][()] if CHECKSUMS in file else None
+        bad: list[np.ndarray] = []
+        for start in range(0, features.shape[0], VERIFY_ROWS):
+            block = features[start:start + VERIFY_ROWS]  # (B, P, E)
+            if sums is not None:
+                wrong = row_checksums(block) != sums[start:start + len(block)]
+            else:
+                wrong = ~block.reshape(len(block), -1).any(axis=1)
+            bad.append(start + np.flatnonzero(wrong))
+        if DONE_MASK in file:
+            bad.append(np.flatnonzero(~file[DONE_MASK][()]))
+    return np.unique(np.concatenate(bad)) if bad else np.empty(0, dtype=np.int64)
+
+
+def verify_cache(path: str | Path, expected_rows: int, names: Sequence[str] | None = None) -> None:
+    """Reopen the written cache at `path` read-only; FeatureStoreError unless it holds `expected_rows` good rows.
+
+    Checks that it opens, that features (N, P, E) and the image names (in the order `names`, when
+    given) both have `expected_rows` rows, and that every row reads back as written (unwritten_rows).
+    Call it on the finished file before renaming it into place.
+    """
+    rerun = "delete it and rerun `dvc repro features` (check the free space first: a full disk loses writes)"
+    try:
+        with h5py.File(path, "r") as file:
+            missing = [name for name in (FEATURES, IMAGES) if name not in file]
+            if missing:
+                raise FeatureStoreError(f"{path} has no {' or '.join(missing)} dataset; {rerun}")
+            shape = tuple(file[FEATURES].shape)
+            stored = list(file[IMAGES].asstr()[()])
+        bad = unwritten_rows(path)
+    except OSError as error:
+        raise FeatureStoreError(f"{path} cannot be read back ({' '.join(str(error).split())}); {rerun}") from error
+    if len(shape) != 3 or shape[0] != expected_rows or len(stored) != expected_rows:
+        raise FeatureStoreError(f"{path} holds features {shape} and {len(stored)} image names, "
+                                f"expected {expected_rows} rows; {rerun}")
+    if names is not None and stored != list(names):
+        first = next(row for row, (a, b) in enumerate(zip(stored, names)) if a != b)
+        raise FeatureStoreError(f"{path}: row {first} is image '{stored[first]}', expected '{names[first]}'; {rerun}")
+    if bad.size:
+        raise FeatureStoreError(f"{path}: {bad.size} of {expected_rows} rows did not reach the disk (first: row "
+                                f"{bad[0]}, image '{stored[bad[0]]}'); {rerun}")

@@ -6,19 +6,19 @@ backend, so it works on machines without a display.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from pipeline.files import atomic_path  # noqa: E402
+from pipeline.encoder.images import read_rgb
+from pipeline.files import atomic_path
 
 COLUMNS = 5
 
@@ -40,8 +40,8 @@ def upsample(alpha: torch.Tensor, height: int, width: int) -> np.ndarray:
 def draw_attention(image_path: str | Path, words: Sequence[str], alphas: torch.Tensor, out_path: str | Path,
                    title: str | None = None) -> None:
     """Write a PNG: the image, then each word over its attention map. alphas (L, P)."""
-    with Image.open(image_path) as opened:  # upright, as the encoder saw it
-        image = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+    # decoded as the encoder decodes it: upright, 16-bit scaled to 8-bit (PIL's convert would clip it to white)
+    image = read_rgb(image_path).permute(1, 2, 0).numpy()  # (H, W, 3) uint8
     height, width = image.shape[:2]
     panels = 1 + len(words)
     rows = math.ceil(panels / COLUMNS)

@@ -14,15 +14,17 @@ Run: python -m pipeline.stages.embeddings
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from gensim.models import KeyedVectors, Word2Vec
 
-from pipeline.config import DatasetConfig, EmbeddingsConfig, VocabConfig, load_section
+from pipeline.cli import run
+from pipeline.config import ConfigError, DatasetConfig, EmbeddingsConfig, VocabConfig, load_section
+from pipeline.datasets.report import DatasetError
 from pipeline.datasets.table import read_captions
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_paths, json_text
 from pipeline.text import PAD, SPECIAL_TOKENS, Vocabulary, tokenize
 
 
@@ -44,7 +46,7 @@ def load_pretrained(path: str | Path) -> KeyedVectors:
         return KeyedVectors.load_word2vec_format(str(path), binary=binary)
     except (ValueError, UnicodeDecodeError, EOFError) as error:
         kind = "binary" if binary else "text"
-        raise ValueError(f"{path}: cannot read it as a word2vec {kind} file ({error}); "
+        raise DatasetError(f"{path}: cannot read it as a word2vec {kind} file ({error}); "
                          "binary files must end in .bin or .bin.gz") from error
 
 
@@ -64,7 +66,7 @@ def embedding_matrix(words: Iterable[str], lookup: Callable[[str], np.ndarray | 
         vector = None if word in SPECIAL_TOKENS else lookup(word)
         if vector is not None:
             if vector.shape != (dim,):
-                raise ValueError(f"word vectors have {vector.shape[0]} dimensions but embeddings.dim is {dim}; "
+                raise ConfigError(f"word vectors have {vector.shape[0]} dimensions but embeddings.dim is {dim}; "
                                  "set embeddings.dim to match the pretrained file")
             matrix[i], found[i] = vector, True
     scale = float(matrix[found].std()) if found.any() else 0.1
@@ -77,13 +79,14 @@ def embedding_matrix(words: Iterable[str], lookup: Callable[[str], np.ndarray | 
 
 
 def main() -> None:
+    """Run the stage with the params file's `dataset`, `vocab` and `embeddings` sections."""
     dataset, vocab_config, config = (load_section(DatasetConfig), load_section(VocabConfig),
                                      load_section(EmbeddingsConfig))
     vocabulary = Vocabulary.from_json(Path(vocab_config.path))
     if config.pretrained:
         vectors = load_pretrained(config.pretrained)
         if vectors.vector_size != config.dim:  # checked here too: with no vocabulary word found, nothing else would
-            raise ValueError(f"{config.pretrained}: word vectors have {vectors.vector_size} dimensions but "
+            raise ConfigError(f"{config.pretrained}: word vectors have {vectors.vector_size} dimensions but "
                              f"embeddings.dim is {config.dim}; set embeddings.dim to match the pretrained file")
         source = config.pretrained
     else:
@@ -97,13 +100,13 @@ def main() -> None:
 
     matrix, stats = embedding_matrix(vocabulary.words, lookup, config.dim, config.seed)
     stats["coverage"] = stats["found"] / max(stats["vocabulary_words"], 1)
-    with atomic_path(config.matrix) as tmp:
+    with atomic_paths((config.matrix, "embeddings.matrix"), (config.metrics, "embeddings.metrics")) as (tmp, metrics):
         with open(tmp, "wb") as handle:
             np.save(handle, matrix)
-    write_json(config.metrics, stats)
+        metrics.write_text(json_text(stats), encoding="utf-8")
     print(f"embeddings: {matrix.shape[0]} x {matrix.shape[1]} from {source}; "
           f"coverage {stats['coverage']:.1%} ({stats['random']} random rows)")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "embeddings")

@@ -21,7 +21,10 @@ Formats (pipeline/datasets/formats.py):
 
 Splits are by image, never by caption: from `dataset.split_files` when given, else from the Karpathy
 JSON, else a seeded random split of the images with `dataset.split_ratios`. When the dropped captions
-exceed `dataset.max_dropped_fraction` of the caption lines read, the stage fails and writes nothing.
+exceed `dataset.max_dropped_fraction` of the caption lines read, or none of the images the captions
+name is in the image folder, the stage fails and writes nothing. With `dataset.check_images`, every
+image is decoded by the encoder's rule (pipeline/encoder/images.py `check_image`), so an image that
+would stop `features` is dropped here instead and counted as `unreadable_image`.
 
 Run: `python -m pipeline.stages.prepare` (reads params.yaml, or the file named by $PIPELINE_PARAMS).
 """
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli import run
 from pipeline.config import SPLITS, DatasetConfig, load_section
 from pipeline.datasets.cleaning import (
     clean_captions,
@@ -39,11 +43,11 @@ from pipeline.datasets.cleaning import (
     resolve_splits,
 )
 from pipeline.datasets.formats import decode_text, detect_format, parse_captions
-from pipeline.datasets.report import Problems, build_report, check_dropped, summary
+from pipeline.datasets.report import Problems, build_report, check_dropped, no_images_found, summary
 from pipeline.datasets.splits import random_split, read_split_lists
 from pipeline.datasets.table import write_captions
 from pipeline.encoder.images import list_images, unreadable_images
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_paths, json_text
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,8 @@ def check_inputs(config: DatasetConfig) -> tuple[Path, Path]:
         raise FileNotFoundError(f"dataset.captions: captions file '{captions}' not found; "
                                 f"fix the path in params.yaml (relative to the project root)")
     if not images.is_dir():
-        raise FileNotFoundError(f"dataset.images: image folder '{images}' not found; "
+        problem = "is a file, not a folder" if images.exists() else "not found"
+        raise FileNotFoundError(f"dataset.images: image folder '{images}' {problem}; "
                                 f"fix the path in params.yaml (relative to the project root)")
     return captions, images
 
@@ -75,6 +80,9 @@ def prepare(config: DatasetConfig) -> Prepared:
     lines_read = len(records) + problems.counts["malformed_line"]
 
     available = list_images(images_dir)
+    named = sorted({r.image for r in records})
+    if named and not available.intersection(named):
+        raise no_images_found(config.captions, config.images, named, available)
     records = drop_images(records, {r.image: None for r in records if r.image not in available},
                           "missing_image", problems)
     split_of = read_split_lists(config.split_files) if config.split_files else None
@@ -98,12 +106,13 @@ def prepare(config: DatasetConfig) -> Prepared:
     return Prepared(rows, report)
 
 def write_outputs(config: DatasetConfig, prepared: Prepared) -> None:
-    """Write the table and the report; each appears only once both are written."""
-    with atomic_path(config.table) as table, atomic_path(config.report) as report:
+    """Write the table and the report; each appears only once both are written (checked writes)."""
+    with atomic_paths((config.table, "dataset.table"), (config.report, "dataset.report")) as (table, report):
         write_captions(table, prepared.rows)
-        write_json(report, prepared.report)
+        report.write_text(json_text(prepared.report), encoding="utf-8")
 
 def main() -> None:
+    """Run the stage with the params file's `dataset` section."""
     config = load_section(DatasetConfig)
     prepared = prepare(config)
     write_outputs(config, prepared)
@@ -111,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "prepare")

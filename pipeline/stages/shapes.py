@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from pipeline.cli import run
 from pipeline.config import DEMO_COLOURS, DatasetConfig, ShapesConfig, load_section
 from pipeline.files import atomic_path
 
@@ -162,12 +163,12 @@ def main() -> None:
     captions = load_section(DatasetConfig).captions
     if not is_demo(config, captions):
         # a real dataset: draw nothing, leave an empty output so that DVC's graph stays the same
-        with atomic_path(config.out_dir) as tmp:
+        with atomic_path(config.out_dir, "shapes.out_dir") as tmp:
             tmp.mkdir(parents=True)
             (tmp / "README.txt").write_text(f"Not drawn: dataset.captions ({captions}) is a real dataset.\n")
         print(f"shapes: skipped; dataset.captions ({captions}) is not the demo's, nothing drawn")
         return
-    with atomic_path(config.out_dir) as tmp:
+    with atomic_path(config.out_dir, "shapes.out_dir") as tmp:
         scene = generate(config, tmp)
     counts = np.bincount([len(o) for o in scene.values()])
     print(f"shapes: {config.num_images} images of {config.image_size}px in {config.out_dir} "
@@ -175,4 +176,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "shapes")

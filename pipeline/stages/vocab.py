@@ -11,9 +11,11 @@ Run: python -m pipeline.stages.vocab
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
+from pipeline.cli import run
 from pipeline.config import DatasetConfig, VocabConfig, load_section
+from pipeline.datasets.report import DatasetError
 from pipeline.datasets.table import read_captions
 from pipeline.files import atomic_path
 from pipeline.text import SPECIAL_TOKENS, Vocabulary, tokenize
@@ -36,17 +38,18 @@ def build_vocabulary(captions: Iterable[str], min_count: int) -> tuple[Vocabular
 
 
 def main() -> None:
+    """Run the stage with the params file's `dataset` and `vocab` sections."""
     dataset, config = load_section(DatasetConfig), load_section(VocabConfig)
     train = read_captions(dataset.table, "train")
     if train.empty:
-        raise ValueError(f"{dataset.table} has no training captions; check dataset.split_ratios")
+        raise DatasetError(f"{dataset.table} has no training captions; check dataset.split_ratios")
     vocabulary, counts = build_vocabulary(train["caption"], config.min_count)
     covered = sum(n for w, n in counts.items() if w in vocabulary)
-    with atomic_path(config.path) as tmp:
+    with atomic_path(config.path, "vocab.path") as tmp:
         vocabulary.to_json(tmp, counts=dict(counts.most_common()), min_count=config.min_count)
     print(f"vocab: {len(vocabulary)} tokens ({len(counts)} distinct training words, min_count {config.min_count}); "
           f"{covered / max(sum(counts.values()), 1):.1%} of training word occurrences covered")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "vocab")
