@@ -293,3 +293,21 @@ def load_all(path: Path | None = None) -> dict[str, Any]:
 
 
 SECTION_FIELDS = {name: list(cls.model_fields) for cls, name in SECTIONS.items()}
+
+
+class RetrievalConfig(Section):
+    """Text-to-image search: BM25 over generated captions picks candidates, the captioner's likelihood ranks them."""
+
+    candidates: int = Field(ge=0, le=1_000_000)  # images the caption index passes on; 0: score every image
+    prior: Literal["none", "mean", "blank"]  # context whose likelihood of the query is subtracted
+    prior_weight: Real = Field(ge=0.0, le=10.0)
+    image_weight: Real = Field(ge=0.0, le=10.0)  # weight of each image's mean log-likelihood of the bank
+    bank_size: int = Field(ge=1, le=100_000)  # generated captions in that bank
+    batch_size: int = Field(ge=1, le=65536)  # (query, image) pairs scored at once
+    device: Device
+    captions: Path_  # generated captions of the dataset's images, cached by the search command and web page
+    metrics: Path_  # Recall@K, median rank and time per query, JSON
+
+
+SECTIONS[RetrievalConfig] = "retrieval"
+SECTION_FIELDS["retrieval"] = list(RetrievalConfig.model_fields)

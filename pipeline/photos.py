@@ -34,9 +34,11 @@ class PhotoCaptioner:
     def __init__(self, checkpoint: str | Path, device: torch.device, beam_size: int = SearchOptions.beam_size,
                  length_penalty: float = 0.0, no_repeat_ngram: int = 0, allow_unk: bool = False) -> None:
         self.device = device
+        self.checkpoint = Path(checkpoint)
         self.model, payload = load_checkpoint(checkpoint, device)
         self.vocabulary = Vocabulary(tuple(payload["vocabulary"]))
         info = payload["encoder"]
+        self.encoder_info = dict(info)  # what the features were made with (pipeline.encoder.resnet.encoder_info)
         self.precision = str(info.get("precision", "fp32"))
         self.encoder = build_encoder(str(info["weights"])).to_device(device, self.precision)
         self.image_size = int(info["image_size"])

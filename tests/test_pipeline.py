@@ -60,7 +60,8 @@ def first_run(project: Path) -> str:
 
 
 def test_repro_runs_every_stage_and_writes_outputs(project: Path, first_run: str) -> None:
-    assert stages_run(first_run) == {"shapes", "prepare", "features", "vocab", "embeddings", "train", "evaluate"}
+    assert stages_run(first_run) == {"shapes", "prepare", "features", "vocab", "embeddings", "train", "evaluate",
+                                      "retrieval"}
     assert (project / "dvc.lock").is_file()
     for path in ["data/shapes/objects.json", "data/prepared/captions.csv", "data/prepared/report.json",
                  "data/features/features.h5", "data/vocab/vocab.json", "data/embeddings/embeddings.npy",
@@ -85,7 +86,7 @@ def test_repro_runs_every_stage_and_writes_outputs(project: Path, first_run: str
     assert f"epoch {epochs + 1}\n" not in samples
     # dvc sees the declared metrics and plots
     shown = run(["dvc", "metrics", "show", "--json"], project)
-    assert "bleu4" in shown and "coverage" in shown
+    assert "bleu4" in shown and "coverage" in shown and "median_rank" in shown
     assert "samples.txt" not in shown and ".tsv" not in shown  # only the declared metrics files
     plots = run(["dvc", "plots", "show", "--json"], project)
     assert '"bleu4": [{"type": "vega"' in plots and '"loss": [{"type": "vega"' in plots  # the top-level plots
@@ -97,10 +98,10 @@ def test_second_repro_runs_nothing(project: Path, first_run: str) -> None:
 
 def test_train_param_change_reruns_train_and_evaluate_only(project: Path, first_run: str) -> None:
     write_params(project, {"train": {"lr": 0.02, "epochs": 2}}, tiny=True)  # 2 epochs: cheaper
-    assert stages_run(run(["dvc", "repro"], project)) == {"train", "evaluate"}
+    assert stages_run(run(["dvc", "repro"], project)) == {"train", "evaluate", "retrieval"}
 
 
 def test_encoder_param_change_reruns_features_onwards(project: Path, first_run: str) -> None:
     write_params(project, {"train": {"lr": 0.02, "epochs": 2}, "encoder": {"dtype": "float32"}}, tiny=True)
-    assert stages_run(run(["dvc", "repro"], project)) == {"features", "train", "evaluate"}
+    assert stages_run(run(["dvc", "repro"], project)) == {"features", "train", "evaluate", "retrieval"}
     assert stages_run(run(["dvc", "repro"], project)) == set()

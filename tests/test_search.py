@@ -1,0 +1,121 @@
+"""The search command: a photo folder indexed once (resumable, bad files listed), and ranked results
+for a query over that index or over the dataset's own cached features."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import search
+from pipeline.encoder.feature_cache import FeatureStore
+from pipeline.photos import PhotoCaptioner
+from pipeline.retrieval.photo_index import PhotoIndexError, open_index, update_index
+
+
+@pytest.fixture
+def photos(trained_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Three demo images, a file that is not an image despite its name, and a text file."""
+    monkeypatch.chdir(trained_project)
+    monkeypatch.delenv("PIPELINE_PARAMS", raising=False)
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    images = sorted((trained_project / "data/shapes/images").glob("*.png"))
+    shutil.copy(images[0], folder / images[0].name)
+    shutil.copy(images[1], folder / images[1].name)
+    shutil.copy(images[2], folder / "more" / images[2].name)
+    (folder / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (folder / "notes.txt").write_text("a text file")
+    return folder
+
+
+def summary(capsys: pytest.CaptureFixture) -> tuple[str, str]:
+    captured = capsys.readouterr()
+    return captured.out.strip().splitlines()[-1], captured.err
+
+
+def test_index_encodes_each_photo_once(photos: Path, trained_project: Path, one_thread: None,
+                                       capsys: pytest.CaptureFixture) -> None:
+    assert search.main(["index", str(photos)]) == 0
+    out, err = summary(capsys)
+    assert out == ("index: 3 photos indexed (3 encoded, 3 captioned, 0 removed, 1 unreadable skipped, "
+                   "1 other files ignored)")
+    assert "broken.jpg" in err
+    index = photos / ".caption-index"
+    manifest = json.loads((index / "captions.json").read_text())
+    names = ["img_00000.png", "img_00001.png", "more/img_00002.png"]
+    assert sorted(manifest["captions"]) == names and list(manifest["skipped"]) == ["broken.jpg"]
+    # the same encoder and preprocessing as the dataset's feature cache: the same features
+    indexed, cached = FeatureStore(index / "features.h5"), FeatureStore(trained_project / "data/features/features.h5")
+    for name in names:
+        row = cached.index[Path(name).name]
+        assert torch.allclose(indexed[indexed.index[name]].float(), cached[row].float(), atol=0.04)  # fp16 steps
+
+    assert search.main(["index", str(photos)]) == 0  # nothing new
+    assert summary(capsys)[0].startswith("index: 3 photos indexed (0 encoded, 0 captioned, 0 removed")
+    shutil.copy(trained_project / "data/shapes/images/img_00003.png", photos / "new.png")
+    (photos / "img_00000.png").unlink()
+    assert search.main(["index", str(photos)]) == 0
+    assert summary(capsys)[0].startswith("index: 3 photos indexed (1 encoded, 1 captioned, 1 removed")
+    assert sorted(FeatureStore(index / "features.h5").names) == ["img_00001.png", "more/img_00002.png", "new.png"]
+
+
+def test_an_interrupted_index_is_incomplete_and_resumes(photos: Path, trained_project: Path, one_thread: None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    captioner = PhotoCaptioner(trained_project / "data/train/best.pt", torch.device("cpu"))
+    encode, calls = captioner.features, []
+
+    def fail_second_batch(pixels: torch.Tensor) -> torch.Tensor:
+        calls.append(len(pixels))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return encode(pixels)
+
+    monkeypatch.setattr(captioner, "features", fail_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        update_index(captioner, photos, batch_size=2, show_progress=False)
+    with pytest.raises(PhotoIndexError, match="not a photo index"):
+        open_index(photos / ".caption-index")
+    monkeypatch.setattr(captioner, "features", encode)
+    report = update_index(captioner, photos, batch_size=2, show_progress=False)
+    # the first batch (broken.jpg, img_00000.png) was done before the interruption: only the other two are encoded
+    assert calls[0] == 1 and (report.photos, report.encoded, list(report.skipped)) == (3, 2, ["broken.jpg"])
+    gallery = open_index(photos / ".caption-index")
+    assert len(gallery) == 3 and all(path.is_file() for path in gallery.paths)
+
+
+def test_search_prints_ranked_photos(photos: Path, trained_project: Path, one_thread: None,
+                                     capsys: pytest.CaptureFixture) -> None:
+    assert search.main(["index", str(photos)]) == 0
+    capsys.readouterr()
+    assert search.main(["a red circle", "--index", str(photos / ".caption-index"), "--top", "2"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [line[0] for line in lines] == ["1", "2"]
+    scores = [float(line[1]) for line in lines]
+    assert scores == sorted(scores, reverse=True)
+    manifest = json.loads((photos / ".caption-index/captions.json").read_text())
+    for _, _, path, caption in lines:
+        name = Path(path).relative_to(photos.resolve()).as_posix()
+        assert manifest["captions"][name] == caption
+
+    # no --index: the dataset's own images, captioned once and cached
+    assert search.main(["a red circle", "--top", "30", "--candidates", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "captioning 30 images once" in captured.out
+    lines = [line.split("\t") for line in captured.out.splitlines() if "\t" in line]
+    assert len(lines) == 30 and len({line[2] for line in lines}) == 30
+    assert np.all(np.diff([float(line[1]) for line in lines]) <= 0)
+    cached = json.loads((trained_project / "data/retrieval/captions.json").read_text())["captions"]
+    assert all(cached[Path(path).name] == caption for _, _, path, caption in lines)
+    assert search.main(["a red circle"]) == 0
+    assert "captioning" not in capsys.readouterr().out
+
+
+def test_bad_queries_and_missing_index_are_reported(photos: Path, capsys: pytest.CaptureFixture) -> None:
+    assert search.main(["  ?! "]) == 2
+    assert "no words" in capsys.readouterr().err
+    assert search.main(["a red circle", "--index", str(photos)]) == 2
+    assert "not a photo index" in capsys.readouterr().err
