@@ -29,6 +29,7 @@ EXPECTED_ERRORS = (
     ("pipeline.encoder.feature_cache", "FeatureStoreError"),
     ("pipeline.encoder.extraction", "FeatureExtractionError"),
     ("pipeline.encoder.resnet", "EncoderError"),
+    ("pipeline.evaluation.scoring", "JavaError"),
 )
 
 # Operating-system errors whose message names the path: missing inputs, wrong kinds of path, permissions.

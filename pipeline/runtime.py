@@ -36,7 +36,9 @@ def resolve_device(name: str) -> "torch.device":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' was asked for but CUDA is not available; set it to auto or cpu")
+        from pipeline.config import ConfigError
+
+        raise ConfigError(f"device '{name}' was asked for but CUDA is not available; set it to auto or cpu")
     return device
 
 

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_params
+from tests.conftest import params_with
 
 import pipeline.files
 from pipeline.config import PARAMS_ENV
@@ -161,7 +161,7 @@ def assert_disk_full(error: BaseException, path: Path, key: str, disk: SmallDisk
 
 def project_params(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, project: Path, **changes: dict) -> Path:
     """Tiny params whose paths point into `project` (absolute), with `changes`; set as PIPELINE_PARAMS."""
-    params = tiny_params()
+    params = params_with(tiny=True)
     for values in params.values():
         for key, value in values.items():
             if isinstance(value, str) and value.startswith(("data/", "metrics/")):

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torchvision.io
 import yaml
-from conftest import ROOT, tiny_params
+from tests.conftest import ROOT, params_with
 from PIL import Image
 
 from pipeline.cli import DEBUG_ENV, run
@@ -210,8 +210,9 @@ def test_prepare_without_any_of_the_images_says_the_pipeline_needs_them(tmp_path
 
 def test_a_missing_image_folder_is_one_line_from_the_command_line(tmp_path: Path) -> None:
     (tmp_path / "captions.txt").write_text("a.jpg#0\tA caption .\n")
-    params = tiny_params(dataset={"captions": str(tmp_path / "captions.txt"), "images": str(tmp_path / "nowhere"),
-                                  "table": str(tmp_path / "captions.csv"), "report": str(tmp_path / "report.json")})
+    params = params_with({"dataset": {"captions": str(tmp_path / "captions.txt"), "images": str(tmp_path / "nowhere"),
+                                       "table": str(tmp_path / "captions.csv"), "report": str(tmp_path / "report.json")}},
+                         tiny=True)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     environment = {**os.environ, PARAMS_ENV: str(tmp_path / "params.yaml")}
     environment.pop(DEBUG_ENV, None)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from tests.conftest import ROOT
 from full_disk import SmallDisk, assert_disk_full, mounted, project_params, small_table
 
 import pipeline.files

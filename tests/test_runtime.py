@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pipeline import runtime
+from pipeline.config import ConfigError
 
 
 def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,7 +22,7 @@ def test_auto_device_and_a_missing_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert runtime.resolve_device("auto") == torch.device("cpu")
     assert runtime.resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="device 'cuda:1' was asked for but CUDA is not available"):
+    with pytest.raises(ConfigError, match="device .cuda:1. was asked for but CUDA is not available"):
         runtime.resolve_device("cuda:1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert runtime.resolve_device("auto") == torch.device("cuda")

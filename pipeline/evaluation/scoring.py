@@ -17,6 +17,10 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+class JavaError(RuntimeError):
+    """No working Java runtime for the PTB tokenizer and METEOR."""
+
+
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 JAVA_HELP = ("pycocoevalcap's PTB tokenizer and METEOR need a Java runtime: install one "
              "(Debian/Ubuntu: `apt-get install default-jre-headless`; macOS: `brew install openjdk`) "
@@ -27,11 +31,11 @@ def require_java() -> None:
     """Raise a clear error when no working `java` is on the PATH."""
     java = shutil.which("java")
     if java is None:
-        raise RuntimeError(f"`java` not found on the PATH. {JAVA_HELP}")
+        raise JavaError(f"`java` not found on the PATH. {JAVA_HELP}")
     try:
         subprocess.run([java, "-version"], capture_output=True, check=True, timeout=60)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
-        raise RuntimeError(f"`{java} -version` failed ({error}). {JAVA_HELP}") from error
+        raise JavaError(f"`{java} -version` failed ({error}). {JAVA_HELP}") from error
 
 
 def _check(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str]) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from pipeline.cli import run
 from pipeline.config import (
     DatasetConfig,
     EncoderConfig,
@@ -95,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "evaluate")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.cli import run
 from pipeline.config import (
     DatasetConfig,
     EncoderConfig,
@@ -108,4 +109,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "retrieval")

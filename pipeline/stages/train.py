@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline.cli import run
 from pipeline.config import (DatasetConfig, EmbeddingsConfig, EncoderConfig, ModelConfig, TrainConfig, VocabConfig,
                              load_section)
 from pipeline.datasets.table import read_captions, references_by_image
@@ -187,10 +188,11 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
         if log is not None:
             if better:
                 save_torch(best_path, checkpoint_payload(model, vocabulary.words, store.attrs, epoch=epoch + 1,
-                                                         **{f"val_{k}": v for k, v in val_stats.items()}))
+                                                         **{f"val_{k}": v for k, v in val_stats.items()}),
+                           "train.checkpoint")
             save_torch(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                   "state": state, "identity": identity})
+                                   "state": state, "identity": identity}, "train.last_checkpoint")
             samples = [f"{n}: {hypotheses[n]}  (ref: {val_references[n][0]})" for n in val_names[:config.num_samples]]
             log.epoch(epoch + 1, train_stats, val_stats, lr, samples, better)
         if len(state["scores"]) - state["best_epoch"] >= config.patience:
@@ -205,4 +207,4 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
 
 if __name__ == "__main__":
     if not relaunch_under_torchrun("pipeline.stages.train"):
-        main()
+        run(main, "train")
