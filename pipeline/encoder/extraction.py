@@ -1,5 +1,5 @@
-"""Extraction into the feature cache: a resumable partial file, the batched encode loop, and the
-final file made from finished partial files.
+"""Extraction into the feature cache: the image files as batches, a resumable partial file, the
+batched encode loop, and the final file made from finished partial files.
 
 Work in progress lives in a hidden partial file beside the output with a per-image `done` mask;
 its attrs (encoder provenance, dtype, and `images_sha256` of the image list) are its fingerprint:
@@ -8,11 +8,13 @@ a rerun continues it when they still match and starts over, saying why, when the
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -20,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from pipeline.encoder.decoding import NO_BYTES, Batch, Item, decode_jpegs, plain_jpeg
 from pipeline.encoder.feature_cache import FEATURES, IMAGES, create_layout, plain_attr
 from pipeline.encoder.images import ImageReadError, load_image
 from pipeline.encoder.resnet import FEATURE_DIM, Encoder, encode
@@ -27,6 +30,7 @@ from pipeline.files import atomic_path
 
 DONE = "done"  # (N,) bool dataset of the partial file: which rows hold finished features
 MAX_PENDING_WRITES = 2  # batches waiting for the writer thread; bounds the memory they hold
+PREFETCH_BATCHES = 4  # batches each DataLoader worker decodes ahead
 MERGE_ROWS = 256  # rows copied at a time when merging the ranks' files
 
 
@@ -84,11 +88,68 @@ def consecutive_runs(rows: np.ndarray) -> list[tuple[int, int]]:
     """(start, stop) positions in increasing `rows` of each run of consecutive row numbers."""
     breaks = (np.flatnonzero(np.diff(rows) != 1) + 1).tolist()
     bounds = [0, *breaks, len(rows)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
-def write_rows(store: h5py.File, rows: np.ndarray, features: np.ndarray, ok: np.ndarray) -> None:
-    """Write a batch (B, P, E) at `rows`, a slice per run, then mark its readable images done."""
+class ImageFiles(Dataset):
+    """Image files for DataLoader workers: item -> Item(row, pixels, raw, error); `collate` batches them,
+    `to_device` finishes the batch on the encoder's device (decoding raw JPEGs there)."""
+
+    def __init__(self, paths: Sequence[Path], image_size: int, raw_jpegs: bool = False) -> None:
+        self.paths = list(paths)
+        self.image_size = image_size
+        self.raw_jpegs = raw_jpegs  # hand plain JPEGs over undecoded, for `to_device` to decode on the GPU
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int) -> Item:
+        path = self.paths[row]
+        try:
+            if self.raw_jpegs:
+                data = Path(path).read_bytes()
+                if plain_jpeg(data):
+                    return Item(row, NO_BYTES, torch.frombuffer(bytearray(data), dtype=torch.uint8), "")
+            return Item(row, load_image(path, self.image_size), NO_BYTES, "")
+        except ImageReadError as error:
+            # returned rather than raised, so the batch's readable images are still stored
+            return Item(row, NO_BYTES, NO_BYTES, str(error))
+        except OSError as error:
+            return Item(row, NO_BYTES, NO_BYTES, f"cannot read image {path}: {error}")
+
+    def collate(self, items: list[Item]) -> Batch:
+        """Stack the decoded items; zeros stand where raw bytes wait for the GPU or an error was found."""
+        size = self.image_size
+        blank = torch.zeros(3, size, size, dtype=torch.uint8)
+        pixels = torch.stack([item.pixels if item.pixels.numel() else blank for item in items])  # (B, 3, S, S)
+        raw_positions = [i for i, item in enumerate(items) if item.raw.numel()]
+        raw = [items[i].raw for i in raw_positions]
+        ends = torch.tensor([part.numel() for part in raw], dtype=torch.long).cumsum(0).tolist()
+        return Batch(torch.tensor([item.row for item in items]), pixels, raw_positions,
+                     torch.cat(raw) if raw else NO_BYTES, ends, [item.error for item in items])
+
+    def to_device(self, batch: Batch, device: torch.device) -> tuple[torch.Tensor, list[str]]:
+        """Pixels (B, 3, S, S) uint8 on `device`, the raw JPEGs decoded there (nvJPEG on CUDA); the errors."""
+        pixels = batch.pixels.to(device, non_blocking=True)  # (B, 3, S, S)
+        errors = list(batch.errors)
+        if batch.raw_positions:
+            decoded = decode_jpegs(batch.raw, batch.raw_ends, self.image_size, device)  # B' x (3, S, S) or why not
+            for position, image in zip(batch.raw_positions, decoded):
+                if isinstance(image, str):
+                    errors[position] = f"cannot read image {self.paths[int(batch.rows[position])]}: {image}"
+                else:
+                    pixels[position] = image
+        return pixels, errors
+
+
+def write_rows(store: h5py.File, rows: np.ndarray, features: np.ndarray, ok: np.ndarray,
+               copied: torch.cuda.Event | None = None) -> None:
+    """Write a batch (B, P, E) at `rows`, a slice per run, then mark its readable images done.
+
+    `copied` is the event after which `features` (pinned host memory filled from the GPU) is complete.
+    """
+    if copied is not None:
+        copied.synchronize()
     for start, stop in consecutive_runs(rows):
         first = int(rows[start])
         store[FEATURES][first:first + stop - start] = features[start:stop]
@@ -96,44 +157,46 @@ def write_rows(store: h5py.File, rows: np.ndarray, features: np.ndarray, ok: np.
     store.flush()  # the done mask on disk never runs ahead of the features
 
 
-class ImageFiles(Dataset):
-    """Image files decoded and resized (in DataLoader workers): item -> (row, (3, S, S) uint8, error)."""
-
-    def __init__(self, paths: Sequence[Path], image_size: int) -> None:
-        self.paths = list(paths)
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, row: int) -> tuple[int, torch.Tensor, str]:
-        try:
-            return row, load_image(self.paths[row], self.image_size), ""
-        except ImageReadError as error:
-            # returned rather than raised, so the batch's readable images are still stored
-            return row, torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), str(error)
+def to_host(features: torch.Tensor) -> tuple[np.ndarray, torch.cuda.Event | None]:
+    """The features (B, P, E) as a host array without waiting: on CUDA a copy into pinned memory is
+    queued and the returned event marks its end; on the CPU the array is a view of the same memory."""
+    if features.device.type != "cuda":
+        return features.numpy(), None
+    pinned = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)  # (B, P, E)
+    pinned.copy_(features, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return pinned.numpy(), copied
 
 
 def extract(encoder: Encoder, files: ImageFiles, store: h5py.File, batch_size: int, num_workers: int,
             device: torch.device, show_progress: bool = True) -> int:
-    """Encode the images of `files` not yet done in `store` and write their features; returns how many."""
+    """Encode the images of `files` not yet done in `store` and write their features; returns how many.
+
+    Workers decode (with one torch thread each: DataLoader's default) while this process encodes
+    with all its threads, and a writer thread stores each batch while the next one is encoded; on
+    CUDA nothing here waits for the GPU: the features come back through pinned memory, and the
+    writer waits for each copy.
+    """
     todo = np.flatnonzero(~store[DONE][()]).tolist()
     dtype = getattr(torch, store[FEATURES].dtype.name)
     precision = str(store.attrs.get("precision", "fp32"))
     loader = DataLoader(Subset(files, todo), batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+                        collate_fn=files.collate, pin_memory=device.type == "cuda",
+                        prefetch_factor=PREFETCH_BATCHES if num_workers else None)
     encoded = 0
     with (ThreadPoolExecutor(max_workers=1) as writer,
           tqdm(total=len(files), initial=len(files) - len(todo), unit="image", desc="features",
                disable=not show_progress) as progress):
         pending: deque[Future[None]] = deque()
-        for rows, images, errors in loader:
+        for batch in loader:
+            pixels, errors = files.to_device(batch, device)  # (B, 3, S, S) on the device
             ok = np.array([not error for error in errors])
-            features = encode(encoder, images, device, dtype, precision).cpu().numpy()  # (B, P, E)
+            features, copied = to_host(encode(encoder, pixels, device, dtype, precision))  # (B, P, E)
             # the write of this batch overlaps the decoding and encoding of the next
-            pending.append(writer.submit(write_rows, store, rows.numpy(), features, ok))
+            pending.append(writer.submit(write_rows, store, batch.rows.numpy(), features, ok, copied))
             encoded += int(ok.sum())
-            progress.update(len(rows))
+            progress.update(len(errors))
             failed = [error for error in errors if error]
             if failed:
                 for write in pending:

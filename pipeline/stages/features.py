@@ -7,10 +7,12 @@ with the image names and the encoder's provenance (layout in pipeline/encoder/fe
     python -m pipeline.stages.features                           # one process, on the GPU when there is one
     torchrun --nproc_per_node 4 -m pipeline.stages.features      # 4 processes, each encoding its own share
 
-Decoding and resizing run in DataLoader workers; the encoder runs batched (on CUDA: pinned uint8
-batches normalised on the GPU, channels_last, bf16 autocast) while a writer thread stores the
-previous batch. Work in progress is kept in a hidden partial file beside the output with a per-image
-`done` mask; its attrs (encoder provenance, dtype, and `images_sha256` of the image list) are the
+Decoding and resizing run in DataLoader workers (one torch thread each; on CUDA, JPEGs are decoded
+on the GPU with nvJPEG, see pipeline/encoder/decoding.py); the encoder runs batched (BatchNorm
+folded into the convolutions, channels_last; on CUDA pinned uint8 batches normalised on the GPU,
+bf16 autocast) while a writer thread stores the previous batch; docs/speed.md has the measurements.
+Work in progress is kept in a hidden partial file beside the output with a per-image `done` mask;
+its attrs (encoder provenance, dtype, image decoder, and `images_sha256` of the image list) are the
 fingerprint: a rerun after an interruption continues where it stopped when they still match, and
 starts over, saying why, when they do not. `features.h5` appears only once every image is done: by
 renaming the partial file (one process), or by rank 0 merging the ranks' partial files. (dvc.yaml
@@ -27,6 +29,7 @@ import torch.distributed as dist
 
 from pipeline.config import DatasetConfig, EncoderConfig, load_section
 from pipeline.datasets.table import read_captions
+from pipeline.encoder.decoding import gpu_decode_wanted
 from pipeline.encoder.extraction import (
     FeatureExtractionError,
     ImageFiles,
@@ -57,14 +60,16 @@ def main() -> None:
     names = read_image_list(dataset.table)
     precision = resolve_precision(config.precision, device)
     encoder = build_encoder(config.weights).to_device(device, precision)
-    attrs = {**encoder_info(config.weights, config.image_size, precision), "dtype": config.dtype}
+    gpu_decode = gpu_decode_wanted(device)
+    attrs = {**encoder_info(config.weights, config.image_size, precision), "dtype": config.dtype,
+             "image_decoder": "nvjpeg for plain JPEGs, else cpu" if gpu_decode else "cpu"}
     num_regions = (config.image_size // STRIDE) ** 2
     out = Path(config.cache)
 
     try:
         started = time.perf_counter()
         mine = [names[row] for row in share(len(names), rank, world_size)]
-        files = ImageFiles([Path(dataset.images) / name for name in mine], config.image_size)
+        files = ImageFiles([Path(dataset.images) / name for name in mine], config.image_size, raw_jpegs=gpu_decode)
         with open_partial(partial_path(out, rank, world_size), mine,
                           {**attrs, "images_sha256": names_sha256(mine)}, num_regions, config.dtype) as store:
             encoded = extract(encoder, files, store, config.batch_size, config.num_workers, device,

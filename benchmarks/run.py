@@ -1,0 +1,112 @@
+"""Every speed benchmark of the project, one command, one table for this machine.
+
+    python -m benchmarks.run              # ~6 minutes on an idle 2-core CPU
+    python -m benchmarks.run --quick      # a smoke run of a minute or two: tiny sizes, one repeat
+    python -m benchmarks.run --prepare    # also the prepare and vocab stages on a Flickr30k-sized file
+
+Rows (each a ratio of two variants timed in turn in this process; the median over repeats, with
+the range):
+- features: the features stage against the bare encoder forward on pre-decoded tensors, same
+  precision and batch size, in steady images/s (benchmarks/features_bench.py), at fp32 and bf16;
+- training: our training loop against the tutorial's (benchmarks/tutorial.py), batch 32, in real
+  target tokens/s (benchmarks/training_bench.py);
+- beam search: beam 5, all images at once against one image at a time (benchmarks/beam_bench.py);
+- streaming: our loop with the features streamed from a cache larger than the memory cap the
+  benchmark sets, against resident features.
+Targets from the speed issue; benchmarks/README.md records results and docs/speed.md reads them.
+
+OpenMP threads that wait for each other sleep here (OMP_WAIT_POLICY=PASSIVE, unless the environment
+sets it): on a machine shared with other jobs, spinning threads wait for a core that another job
+holds and a training step takes 5x longer (measured: 11 s instead of 2.3 s); on an idle machine
+it costs little. Set OMP_WAIT_POLICY=ACTIVE to measure with spinning.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP, so before importing it
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.beam_bench import bench_beam
+from benchmarks.common import machine_line, spread
+from benchmarks.features_bench import bench_features
+from benchmarks.prepare_bench import bench_prepare
+from benchmarks.training_bench import bench_training
+from benchmarks.tutorial import check_same_maths
+
+TARGETS = {"features": 0.9, "training": 3.0, "beam": 10.0, "streaming": 0.8}
+FULL = {"feature_images": 96, "feature_repeats": 2, "train_images": 400, "train_captions": 128,
+        "train_repeats": 2, "beam_images": 40, "beam_repeats": 2, "prepare_images": 31_783}
+QUICK = {"feature_images": 64, "feature_repeats": 1, "train_images": 100, "train_captions": 32,
+         "train_repeats": 1, "beam_images": 8, "beam_repeats": 1, "prepare_images": 2_000}
+
+
+def row(what: str, ours: str, baseline: str, ratio: tuple[float, float, float], target: float) -> str:
+    """One markdown row; the ratio with its range, and whether the median meets the target."""
+    met = "yes" if ratio[0] >= target else "no"
+    return f"| {what} | {ours} | {baseline} | {spread(*ratio)} | >= {target:g}x | {met} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat: checks that it all runs")
+    parser.add_argument("--prepare", action="store_true", help="also time prepare and vocab (Flickr30k-sized)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    print(f"{machine_line()}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
+    lines = ["| what | ours | baseline | ours / baseline (range) | target | met |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    notes = []
+
+    features, error = bench_features(size["feature_images"], ("fp32", "bf16"), size["feature_repeats"])
+    for result in features:
+        lines.append(row(f"features stage vs bare forward, {result['precision']}, batch 32, steady images/s",
+                         f"{result['stage']:.2f}", f"{result['bare']:.2f}", result["ratio"], TARGETS["features"]))
+        notes.append(f"features {result['precision']}: {result['images']} demo images (224 px PNG); end to end "
+                     f"(the stage's own clock against the bare loop) {result['end_to_end']:.2f}x, CPU seconds "
+                     f"{result['cpu_ratio']:.2f}x; the stage spends {result['once']:.1f} s once per run beyond its "
+                     f"steady rate (workers' start, first batch, last write, rename), and {result['startup']:.1f} s "
+                     f"before its clock starts (encoder build, table)")
+    notes.append(f"features bf16 vs fp32: relative error ||bf16 - fp32|| / ||fp32|| = {error:.4f} (first batch)")
+    print(f"features done ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    gap = check_same_maths(10_000)
+    notes.append(f"training: ours and the tutorial's fp32 losses agree to {gap:.1e} on the same weights and batch")
+    training, streaming = bench_training(size["train_images"], size["train_captions"], 10_000, 32,
+                                         size["train_repeats"])
+    tutorial = next(result for result in training if result["variant"] == "tutorial")
+    for result in training:
+        if result["variant"] != "tutorial":
+            lines.append(row(f"training, {result['variant']}, batch 32, V=10,000, tokens/s",
+                             f"{result['tokens/s']:.0f}", f"{tutorial['tokens/s']:.0f}", result["vs tutorial"],
+                             TARGETS["training"]))
+        notes.append(f"training {result['variant']}: {result['epoch s']:.1f} s per {size['train_captions']}-caption "
+                     f"epoch; a Flickr30k epoch (145,000 captions) would take {result['flickr30k epoch min']:.0f} min")
+    lines.append(row(f"streamed vs resident features, amp auto, cache {streaming['cache MB']:.0f} MB > cap "
+                     f"{streaming['cap MB']:.0f} MB, tokens/s", f"{streaming['streamed tokens/s']:.0f}",
+                     f"{streaming['resident tokens/s']:.0f}", streaming["ratio"], TARGETS["streaming"]))
+    print(f"training done ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    beam = bench_beam(size["beam_images"], 5, size["beam_repeats"])
+    lines.append(row(f"beam 5, {beam['images']} images at once vs one at a time, captions/s", f"{beam['batched']:.1f}",
+                     f"{beam['one at a time']:.1f}", beam["ratio"], TARGETS["beam"]))
+    notes.append(f"beam: V=10,000, max 20 words, mean caption {beam['mean words']:.1f} words; same captions both ways")
+
+    if args.prepare:
+        for what, seconds in bench_prepare(size["prepare_images"], 1):
+            notes.append(f"prepare: {what}: {seconds:.2f} s")
+    print("\n" + "\n".join(lines) + "\n")
+    for note in notes:
+        print(f"- {note}")
+    print(f"\nbenchmarks.run: {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The decoder's step compiled with torch.compile, for the training and decoding loops on CUDA.
+
+One decoder step (attention, gating, LSTM cell) is ~20 small kernels; on a GPU at training batch
+sizes each takes less time than its launch, so the step loop is bound by launch overhead. Compiled,
+the step's elementwise work fuses into a few kernels; the loop, the output layer and the loss stay
+as they are. Only the step is compiled, so every caption length reuses one graph (a whole-forward
+graph would be unrolled, and recompiled, for each length).
+
+    from pipeline.training.compiled import compile_decoder
+    model = build_model(...).to(device)
+    compile_decoder(model, device, "auto")   # before DistributedDataParallel and the first batch
+
+`auto` compiles on CUDA only: on a CPU the step's time goes to its matrix products, which
+compiling does not change, and the first compile takes minutes there. `on` compiles on any device,
+`off` never. `mode` is passed to torch.compile ("reduce-overhead" adds CUDA graphs).
+
+The compiled step replaces `model.step` on that instance only: the weights, `state_dict()` and
+checkpoints are unchanged, `forward` and beam search's `advance` pick it up, and `restore(model)`
+puts the plain step back. Tested on the CPU with the `aot_eager` backend (same graph capture, no
+code generation): same loss, gradients and greedy captions as the plain step. Not yet run on a GPU.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from pipeline.model.decoder import CaptionDecoder
+
+Setting = Literal["auto", "on", "off"]
+SETTINGS = ("auto", "on", "off")
+
+
+def compile_wanted(setting: str, device: torch.device) -> bool:
+    """Whether `setting` (auto | on | off) compiles the step on `device`: auto means on CUDA only."""
+    if setting not in SETTINGS:
+        raise ValueError(f"compile setting {setting!r} is not one of {', '.join(SETTINGS)}")
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def compile_decoder(model: CaptionDecoder, device: torch.device, setting: str = "auto", backend: str = "inductor",
+                    mode: str | None = None) -> bool:
+    """Compile `model`'s step in place when `setting` asks for it on `device`; returns whether it did."""
+    if not compile_wanted(setting, device):
+        return False
+    plain = type(model).step.__get__(model)  # the bound method of the class, not an earlier compiled one
+    # fullgraph: a graph break would silently fall back to many small graphs; fail loudly instead
+    model.step = torch.compile(plain, backend=backend, mode=mode, fullgraph=True)
+    return True
+
+
+def is_compiled(model: CaptionDecoder) -> bool:
+    """Whether `model` runs a compiled step."""
+    return "step" in vars(model)
+
+
+def restore(model: CaptionDecoder) -> None:
+    """Put the plain step back."""
+    vars(model).pop("step", None)

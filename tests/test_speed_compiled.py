@@ -1,0 +1,84 @@
+"""The compiled decoder step: when it is chosen, and that it computes what the plain step does.
+
+Inductor's code generation takes minutes on a 2-core CPU, so the equality test compiles with the
+`aot_eager` backend: the same graph capture (dynamo, whole step, no graph break allowed) and the same
+autograd graph, run by eager kernels.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.model.beam_search import SearchOptions, beam_search
+from pipeline.model.decoder import CaptionDecoder, DecoderConfig, caption_loss
+from pipeline.training.compiled import compile_decoder, compile_wanted, is_compiled, restore
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+PAD, START, END, V = 0, 1, 2, 40
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def small_decoder() -> CaptionDecoder:
+    torch.manual_seed(0)
+    return CaptionDecoder(DecoderConfig(vocab_size=V, embed_dim=8, encoder_dim=16, attention_dim=8, decoder_dim=12,
+                                        dropout=0.0, pad_index=PAD, max_caption_length=8))
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(5, 4, 16, generator=generator)  # (B, P, E)
+    captions = torch.randint(3, V, (5, 7), generator=generator)  # (B, T)
+    captions[:, 0], captions[:, -1], captions[0, 4:] = START, END, PAD
+    return features, captions
+
+
+def loss_and_gradients(model: CaptionDecoder) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    features, captions = batch()
+    model.zero_grad()
+    logits, alphas = model(features, captions)
+    loss = caption_loss(logits, captions[:, 1:], alphas, PAD, 1.0)[0]
+    loss.backward()
+    return loss.detach(), [parameter.grad.clone() for parameter in model.parameters() if parameter.grad is not None]
+
+
+def greedy(model: CaptionDecoder) -> list[list[int]]:
+    features, _ = batch()
+    return [found.tokens for found in beam_search(model.eval(), features, START, END, SearchOptions(1, 8))]
+
+
+@pytest.mark.parametrize(("setting", "device", "expected"), [
+    ("auto", CUDA, True), ("auto", CPU, False), ("on", CPU, True), ("on", CUDA, True), ("off", CUDA, False),
+])
+def test_auto_compiles_on_cuda_only(setting: str, device: torch.device, expected: bool) -> None:
+    assert compile_wanted(setting, device) is expected
+
+
+def test_an_unknown_setting_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="'yes' is not one of auto, on, off"):
+        compile_wanted("yes", CPU)
+
+
+def test_auto_on_a_cpu_leaves_the_plain_step() -> None:
+    model = small_decoder()
+    assert compile_decoder(model, CPU, "auto") is False
+    assert not is_compiled(model) and model.step.__func__ is CaptionDecoder.step
+
+
+def test_compiled_step_gives_the_same_loss_gradients_and_captions() -> None:
+    model = small_decoder()
+    loss, gradients = loss_and_gradients(model)
+    captions = greedy(model)
+    model.train()
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+
+    assert compile_decoder(model, CPU, "on", backend="aot_eager") and is_compiled(model)
+    compiled_loss, compiled_gradients = loss_and_gradients(model)
+    torch.testing.assert_close(compiled_loss, loss, rtol=1e-6, atol=1e-6)
+    for compiled, plain in zip(compiled_gradients, gradients, strict=True):
+        torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-6)
+    assert greedy(model) == captions
+    assert model.state_dict().keys() == state.keys()  # checkpoints are unchanged by compiling
+
+    restore(model)
+    assert not is_compiled(model)

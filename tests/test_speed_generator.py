@@ -1,0 +1,43 @@
+"""The Flickr30k-sized synthetic dataset of benchmarks/flickr30k_like.py, at a tiny size: what it writes
+is what prepare reads, with Flickr30k's image sizes and caption statistics."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.flickr30k_like import SIZES, captions, generate, words
+from pipeline.config import DatasetConfig
+from pipeline.stages.prepare import prepare
+
+
+def test_tiny_set_is_what_prepare_reads(tmp_path: Path) -> None:
+    token = generate(tmp_path, num_images=50, workers=2)
+    images = sorted((tmp_path / "images").iterdir())
+    assert len(images) == 50
+    for path in images[:10]:
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and image.mode == "RGB" and image.size in SIZES
+            pixels = np.asarray(image, dtype=np.float32)
+        assert pixels.std() > 10  # a picture, not a flat fill
+    config = DatasetConfig(captions=str(token), images=str(tmp_path / "images"), format="auto", split_files=None,
+                           split_ratios={"train": 0.8, "val": 0.1, "test": 0.1}, seed=0, captions_per_image=5,
+                           max_dropped_fraction=0.0, check_images=True, table=str(tmp_path / "captions.csv"),
+                           report=str(tmp_path / "report.json"))
+    prepared = prepare(config)
+    assert prepared.report["format"] == "flickr_token"
+    per_image = Counter(image for image, _, _ in prepared.rows)
+    assert len(per_image) == 50 and set(per_image.values()) == {5}
+
+
+def test_captions_have_flickr30k_lengths_and_vocabulary() -> None:
+    lines = captions(2000, seed=0)
+    assert len(lines) == 10_000 and lines[0].startswith("1000092795.jpg#0\t")
+    lengths = np.array([len(line.split("\t")[1].split()) - 1 for line in lines])  # the final " ." is no word
+    assert 11.5 < lengths.mean() < 12.5 and 20 <= np.percentile(lengths, 95) <= 24 and lengths.min() >= 3
+    assert len(set(words())) == 20_000
+    counts = Counter(word.lower() for line in lines for word in line.split("\t")[1].split()[:-1])
+    top = [word for word, _ in counts.most_common(3)]
+    assert top == ["a", "the", "of"]  # Zipf: the most frequent ranks dominate
