@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -101,3 +101,25 @@ def relaunch_under_torchrun(module: str) -> bool:
     if completed.returncode:
         raise SystemExit(completed.returncode)
     return True
+
+
+def follow_rank_zero(value: Any, world_size: int) -> Any:
+    """Rank 0's `value` on every process: one decision, even where validation differs across devices."""
+    if world_size == 1:
+        return value
+    box = [value]
+    import torch.distributed as dist
+
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(items: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """The union of every process's dict."""
+    if world_size == 1:
+        return items
+    import torch.distributed as dist
+
+    parts: list[dict[str, Any] | None] = [None] * world_size
+    dist.all_gather_object(parts, items)
+    return {key: value for part in parts for key, value in (part or {}).items()}

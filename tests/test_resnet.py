@@ -84,7 +84,9 @@ def test_encode_returns_cpu_features_in_the_asked_dtype(encoder: Encoder) -> Non
     with torch.inference_mode():
         expected = encoder(images).half()
     assert features.dtype == torch.float16 and features.device.type == "cpu"
-    torch.testing.assert_close(features, expected)
+    # to_device folds BatchNorm into the convolutions and uses channels_last: a few values move by one
+    # float16 step, nothing more
+    torch.testing.assert_close(features.float(), expected.float(), rtol=2e-3, atol=2e-3)
 
 
 def test_random_weights_are_reproducible_and_leave_the_global_generator_alone(encoder: Encoder) -> None:

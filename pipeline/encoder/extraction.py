@@ -23,11 +23,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from pipeline.encoder.decoding import NO_BYTES, Batch, Item, decode_jpegs, plain_jpeg
-from pipeline.encoder.feature_cache import FEATURES, IMAGES, create_layout, plain_attr
+from pipeline.encoder.feature_cache import (CHECKSUMS, FEATURES, IMAGES, create_checksums, create_layout, plain_attr,
+                                             row_checksums, verify_cache)
 from pipeline.encoder.images import ImageReadError, load_image
 from pipeline.encoder.resnet import FEATURE_DIM, Encoder, encode
 from pipeline.files import atomic_path
 
+INPUTS = "inputs_sha256"  # attr of a partial file: the stage's declared deps and params (resume identity)
 DONE = "done"  # (N,) bool dataset of the partial file: which rows hold finished features
 MAX_PENDING_WRITES = 2  # batches waiting for the writer thread; bounds the memory they hold
 PREFETCH_BATCHES = 4  # batches each DataLoader worker decodes ahead
@@ -73,12 +75,13 @@ def open_partial(path: Path, names: Sequence[str], attrs: dict[str, Any], num_re
     if path.exists():
         reason = resume_blocker(path, attrs)
         if reason is None:
-            return h5py.File(path, "r+")
+            return h5py.File(path, "r+", rdcc_nbytes=0)
         print(f"features: starting over: {path} cannot be continued: {reason}")
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
-    file = h5py.File(path, "w")
+    file = h5py.File(path, "w", rdcc_nbytes=0)  # no chunk cache: a failed write raises here, not when h5py frees it
     create_layout(file, names, num_regions, FEATURE_DIM, dtype, attrs)
+    create_checksums(file, len(names))
     file.create_dataset(DONE, shape=(len(names),), dtype=bool)  # all False
     file.flush()
     return file
@@ -153,6 +156,7 @@ def write_rows(store: h5py.File, rows: np.ndarray, features: np.ndarray, ok: np.
     for start, stop in consecutive_runs(rows):
         first = int(rows[start])
         store[FEATURES][first:first + stop - start] = features[start:stop]
+        store[CHECKSUMS][first:first + stop - start] = row_checksums(features[start:stop])
         store[DONE][first:first + stop - start] = ok[start:stop]
     store.flush()  # the done mask on disk never runs ahead of the features
 
@@ -226,8 +230,10 @@ def finalise(out: Path, partials: Sequence[Path], names: Sequence[str], attrs: d
         if left := unfinished(path):
             raise FeatureExtractionError(f"{path} has {left} images still to encode; rerun the stage")
     if len(partials) == 1:
-        with h5py.File(partials[0], "r+") as file:  # its attrs are already the final ones
+        with h5py.File(partials[0], "r+") as file:  # its attrs are already the final ones, but for the identity
             del file[DONE]
+            file.attrs.pop(INPUTS, None)
+        verify_cache(partials[0], len(names), names)  # every row reads back as written, before it appears
         os.replace(partials[0], out)
     else:
         merge(partials, out, names, attrs)
@@ -239,8 +245,17 @@ def merge(partials: Sequence[Path], out: Path, names: Sequence[str], attrs: dict
     """Copy the partial files' rows, in order, into one cache at `out`, written atomically."""
     with h5py.File(partials[0], "r") as first:
         num_regions, dtype = first[FEATURES].shape[1], first[FEATURES].dtype.name
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as merged:
+    with atomic_path(out) as tmp:
+        merge_into(tmp, partials, names, attrs, num_regions, dtype)
+        verify_cache(tmp, len(names), names)
+
+
+def merge_into(tmp: Path, partials: Sequence[Path], names: Sequence[str], attrs: dict[str, Any], num_regions: int,
+               dtype: str) -> None:
+    """Write the merged cache to `tmp`: the partial files' rows and checksums, in order."""
+    with h5py.File(tmp, "w", rdcc_nbytes=0) as merged:
         features = create_layout(merged, names, num_regions, FEATURE_DIM, dtype, attrs)
+        checksums = create_checksums(merged, len(names))
         start = 0
         for path in partials:
             with h5py.File(path, "r") as part:
@@ -251,4 +266,5 @@ def merge(partials: Sequence[Path], out: Path, names: Sequence[str], attrs: dict
                 for offset in range(0, count, MERGE_ROWS):
                     stop = min(count, offset + MERGE_ROWS)
                     features[start + offset:start + stop] = part[FEATURES][offset:stop]
+                    checksums[start + offset:start + stop] = part[CHECKSUMS][offset:stop]
             start += count

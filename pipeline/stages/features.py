@@ -30,7 +30,9 @@ import torch.distributed as dist
 from pipeline.config import DatasetConfig, EncoderConfig, load_section
 from pipeline.datasets.table import read_captions
 from pipeline.encoder.decoding import gpu_decode_wanted
+from pipeline.cli import run
 from pipeline.encoder.extraction import (
+    INPUTS,
     FeatureExtractionError,
     ImageFiles,
     extract,
@@ -40,8 +42,11 @@ from pipeline.encoder.extraction import (
     partial_path,
     share,
 )
+from pipeline.encoder.feature_cache import feature_bytes
 from pipeline.encoder.resnet import FEATURE_DIM, STRIDE, build_encoder, encoder_info
-from pipeline.runtime import relaunch_under_torchrun, resolve_precision, start_processes, stop_processes
+from pipeline.files import full_disk_reported, require_free_space, with_margin
+from pipeline.training.resume import stage_identity
+from pipeline.runtime import follow_rank_zero, relaunch_under_torchrun, resolve_precision, start_processes, stop_processes
 
 
 def read_image_list(table: str | Path) -> list[str]:
@@ -66,12 +71,17 @@ def main() -> None:
     num_regions = (config.image_size // STRIDE) ** 2
     out = Path(config.cache)
 
+    # the merge of several processes' files writes a second copy before the partial files go
+    needed = with_margin(feature_bytes(len(names), num_regions, FEATURE_DIM, config.dtype)) * (2 if world_size > 1 else 1)
+    require_free_space(out, needed, "encoder.cache")
+    inputs = follow_rank_zero(stage_identity("features") if rank == 0 else None, world_size)
     try:
         started = time.perf_counter()
         mine = [names[row] for row in share(len(names), rank, world_size)]
         files = ImageFiles([Path(dataset.images) / name for name in mine], config.image_size, raw_jpegs=gpu_decode)
-        with open_partial(partial_path(out, rank, world_size), mine,
-                          {**attrs, "images_sha256": names_sha256(mine)}, num_regions, config.dtype) as store:
+        with full_disk_reported(out, "encoder.cache"), open_partial(
+                partial_path(out, rank, world_size), mine,
+                {**attrs, "images_sha256": names_sha256(mine), INPUTS: inputs}, num_regions, config.dtype) as store:
             encoded = extract(encoder, files, store, config.batch_size, config.num_workers, device,
                               show_progress=rank == 0)
         if world_size > 1:  # also the barrier: every rank has finished its file before rank 0 merges
@@ -79,8 +89,9 @@ def main() -> None:
             dist.all_reduce(total)
             encoded = int(total.item())
         if rank == 0:
-            finalise(out, [partial_path(out, r, world_size) for r in range(world_size)], names,
-                     {**attrs, "images_sha256": names_sha256(names)})
+            with full_disk_reported(out, "encoder.cache"):
+                finalise(out, [partial_path(out, r, world_size) for r in range(world_size)], names,
+                         {**attrs, "images_sha256": names_sha256(names)})
     finally:
         stop_processes(world_size)
 
@@ -93,4 +104,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     if not relaunch_under_torchrun("pipeline.stages.features"):
-        main()
+        run(main, "features")

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.cli import run
@@ -40,7 +38,8 @@ from pipeline.evaluation.scoring import coco_scores
 from pipeline.files import save_torch
 from pipeline.model.captioner import describe_all, search_options
 from pipeline.model.checkpoint import checkpoint_payload
-from pipeline.runtime import relaunch_under_torchrun, seed_everything, start_processes, stop_processes
+from pipeline.runtime import (follow_rank_zero, gather, relaunch_under_torchrun, seed_everything, start_processes,
+                              stop_processes)
 from pipeline.text import Vocabulary
 from pipeline.training.batches import bucket_batches, encode_captions
 from pipeline.training.epoch_log import EpochLog
@@ -54,24 +53,6 @@ VALIDATION_METRICS = ("bleu4", "cider")
 def improved(score: float, best: float | None, criterion: str) -> bool:
     """Whether `score` beats `best` under the early-stopping criterion (loss falls, the others rise)."""
     return best is None or (score < best if criterion == "loss" else score > best)
-
-
-def follow_rank_zero(value: Any, world_size: int) -> Any:
-    """Rank 0's `value` on every process: one decision, even where validation differs across devices."""
-    if world_size == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def gather(items: dict[str, Any], world_size: int) -> dict[str, Any]:
-    """The union of every process's dict."""
-    if world_size == 1:
-        return items
-    parts: list[dict[str, Any] | None] = [None] * world_size
-    dist.all_gather_object(parts, items)
-    return {key: value for part in parts for key, value in (part or {}).items()}
 
 
 def resume_state(path: Path, identity: str, config: TrainConfig, best_path: Path) -> tuple[dict | None, str]:
