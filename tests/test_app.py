@@ -207,3 +207,16 @@ def test_too_large_uploads_are_refused(tmp_path: Path) -> None:
     with pytest.raises(HTTPException) as refused:
         check_photo(huge.read_bytes())
     assert refused.value.status_code == 413 and "48 megapixels" in refused.value.detail
+
+
+def test_an_empty_index_is_reported(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    checkpoint, _ = photos
+    (tmp_path / "empty").mkdir()
+    update_index(PhotoCaptioner(checkpoint, torch.device("cpu")), tmp_path / "empty", show_progress=False)
+    service = Service(checkpoint, tmp_path / "empty/.caption-index", "cpu")
+    with pytest.raises(HTTPException) as refused:
+        service.search("a red circle", 5)
+    assert refused.value.status_code == 404 and "no photos to search" in refused.value.detail
+    with pytest.raises(HTTPException) as refused:
+        service.search("   ", 5)
+    assert refused.value.status_code == 400
