@@ -129,6 +129,9 @@ def check_photo(data: bytes) -> None:
             image.load()  # decodes every byte: a truncated file fails here
     except HTTPException:
         raise
+    except Image.DecompressionBombError:
+        raise HTTPException(413, f"The photo has too many pixels; the limit is {MAX_PIXELS // 1_000_000} "
+                                 f"megapixels.") from None
     except IMAGE_ERRORS as error:
         what = "cut off (truncated)" if "truncated" in str(error) else "not an image the model can read"
         raise HTTPException(415, f"That file is {what}: try another photo.") from None

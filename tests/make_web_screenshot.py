@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("project", type=Path)
     parser.add_argument("--image", default="data/shapes/images/img_00007.png", help="relative to the project")
     parser.add_argument("--word", type=int, default=1, help="which caption word's heat map to show")
-    parser.add_argument("--query", default="a red circle above a blue square")
+    parser.add_argument("--query", default="a red circle to the left of a blue square")
     parser.add_argument("--out", type=Path, default=Path("docs/web-page.png").resolve())
     args = parser.parse_args()
     os.chdir(args.project)

@@ -16,13 +16,14 @@ import pytest
 import torch
 import uvicorn
 from fastapi import HTTPException
+from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from pipeline.app import Service, create_app
+from pipeline.app import MAX_BYTES, Service, check_photo, create_app
 from pipeline.datasets.table import read_captions
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.files import save_torch
@@ -195,3 +196,27 @@ def test_without_a_model_the_page_says_what_to_run(tmp_path: Path) -> None:
     assert refused.value.status_code == 503
     with pytest.raises(HTTPException):
         service.search("a red circle", 5)
+
+
+def test_too_large_uploads_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(HTTPException) as refused:
+        check_photo(b"0" * (MAX_BYTES + 1))
+    assert refused.value.status_code == 413 and "20 MB" in refused.value.detail
+    huge = tmp_path / "huge.png"
+    Image.new("1", (8000, 6000)).save(huge)  # 48 megapixels in a small file
+    with pytest.raises(HTTPException) as refused:
+        check_photo(huge.read_bytes())
+    assert refused.value.status_code == 413 and "48 megapixels" in refused.value.detail
+
+
+def test_an_empty_index_is_reported(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    checkpoint, _ = photos
+    (tmp_path / "empty").mkdir()
+    update_index(PhotoCaptioner(checkpoint, torch.device("cpu")), tmp_path / "empty", show_progress=False)
+    service = Service(checkpoint, tmp_path / "empty/.caption-index", "cpu")
+    with pytest.raises(HTTPException) as refused:
+        service.search("a red circle", 5)
+    assert refused.value.status_code == 404 and "no photos to search" in refused.value.detail
+    with pytest.raises(HTTPException) as refused:
+        service.search("   ", 5)
+    assert refused.value.status_code == 400

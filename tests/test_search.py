@@ -119,3 +119,13 @@ def test_bad_queries_and_missing_index_are_reported(photos: Path, capsys: pytest
     assert "no words" in capsys.readouterr().err
     assert search.main(["a red circle", "--index", str(photos)]) == 2
     assert "not a photo index" in capsys.readouterr().err
+
+
+def test_an_empty_folder_makes_an_empty_index_that_says_so(photos: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert search.main(["index", str(empty)]) == 0
+    assert summary(capsys)[0].startswith("index: 0 photos indexed (0 encoded")
+    assert search.main(["a red circle", "--index", str(empty / ".caption-index")]) == 2
+    assert "the index is empty" in capsys.readouterr().err

@@ -181,7 +181,7 @@ def update_index(captioner: PhotoCaptioner, photos: Path, index_dir: Path | None
         files = ImageFiles([photos / name for name in new], captioner.image_size)
         with open_partial(partial, new, {**attrs, "images_sha256": names_sha256(new)}, num_regions, DTYPE) as store:
             encoded, skipped = encode_new(captioner, files, store, batch_size, show_progress)
-    if new or len(kept) != len(old) or reason:
+    if new or len(kept) != len(old) or reason or not features.is_file():
         final = write_features(features, features, kept, partial if new else None, attrs, num_regions)
     else:
         final = old
