@@ -62,7 +62,8 @@ def main() -> None:
     size = QUICK if args.quick else FULL
     started = time.perf_counter()
     print(f"{machine_line()}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
-    lines = ["| what | ours | baseline | ours / baseline (range) | target | met |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| what | ours | baseline | ours / baseline (range) | target | met |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
     notes = []
 
     features, error = bench_features(size["feature_images"], ("fp32", "bf16"), size["feature_repeats"])

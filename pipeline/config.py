@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -101,10 +101,10 @@ class DatasetConfig(Section):
     captions: Path_
     images: Path_
     format: Literal["auto", "flickr_token", "csv", "pipe", "karpathy"]
-    split_files: Optional[dict[Split, Path_]]  # {train|val|test: file listing image names}
+    split_files: dict[Split, Path_] | None  # {train|val|test: file listing image names}
     split_ratios: dict[Split, Annotated[Real, Field(ge=0.0, le=1.0)]]  # when the format has no split
     seed: int = Field(ge=0)
-    captions_per_image: Optional[int] = Field(ge=1)  # expected count; other counts are reported
+    captions_per_image: int | None = Field(ge=1)  # expected count; other counts are reported
     max_dropped_fraction: Real = Field(ge=0.0, le=1.0)
     check_images: bool  # decode every image and drop the ones the encoder could not read
     table: Path_  # the prepared (image, split, caption) table, captions.csv
@@ -144,7 +144,7 @@ class VocabConfig(Section):
 
 class EmbeddingsConfig(Section):
     dim: int = Field(ge=1, le=4096)
-    pretrained: Optional[Path_]  # word2vec .bin/.bin.gz/.txt file, or null to train on the captions
+    pretrained: Path_ | None  # word2vec .bin/.bin.gz/.txt file, or null to train on the captions
     epochs: int = Field(ge=1, le=1000)
     window: int = Field(ge=1, le=100)
     seed: int = Field(ge=0)
@@ -190,7 +190,7 @@ class EvaluateConfig(Section):
     allow_unk: bool  # let captions contain <unk>
     batch_size: int = Field(ge=1, le=65536)
     num_figures: int = Field(ge=0, le=10000)
-    objects: Optional[Path_]  # object boxes (the shapes demo) for attention correctness; null otherwise
+    objects: Path_ | None  # object boxes (the shapes demo) for attention correctness; null otherwise
     device: Device
     out_dir: Path_  # predictions.json and attention/*.png
     metrics: Path_  # the scores, JSON

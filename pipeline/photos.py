@@ -6,8 +6,8 @@ encoded and described the same way everywhere (and the same way the dataset's im
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -25,11 +25,11 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from tests.conftest import params_with
 
 import pipeline.files
 from pipeline.config import PARAMS_ENV
 from pipeline.datasets.table import read_captions, write_captions
+from tests.conftest import params_with
 
 MOUNT_BYTES = 2 * 2**20
 PAGE = 4096  # tmpfs allocates whole pages

@@ -18,7 +18,6 @@ import pytest
 import torch
 import torchvision.io
 import yaml
-from tests.conftest import ROOT, params_with
 from PIL import Image
 
 from pipeline.cli import DEBUG_ENV, run
@@ -28,6 +27,7 @@ from pipeline.encoder import images as image_module
 from pipeline.encoder.images import ImageReadError, check_image, list_images, load_image, unreadable_images
 from pipeline.evaluation.figures import draw_attention
 from pipeline.stages.prepare import prepare
+from tests.conftest import ROOT, params_with
 
 
 def dataset_config(folder: Path, **overrides: Any) -> DatasetConfig:
@@ -141,7 +141,7 @@ def test_when_torchvision_refuses_or_warns_the_strict_pil_decoder_decides(corpus
         raise RuntimeError("Unsupported image file")
 
     def warns(*args: Any, **kwargs: Any) -> torch.Tensor:
-        warnings.warn("Corrupt JPEG data: premature end of data segment", UserWarning)
+        warnings.warn("Corrupt JPEG data: premature end of data segment", UserWarning, stacklevel=2)
         return torch.zeros(3, 4, 4, dtype=torch.uint8)  # what a decoder that only warns might hand back
 
     for decoder in (refuses, warns):

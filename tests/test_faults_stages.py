@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import ROOT
 from full_disk import SmallDisk, assert_disk_full, mounted, project_params, small_table
 
 import pipeline.files
@@ -19,6 +18,7 @@ from pipeline.cli import run
 from pipeline.config import PARAMS_ENV
 from pipeline.datasets.table import read_captions
 from pipeline.files import OutputError
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")

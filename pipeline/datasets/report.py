@@ -48,7 +48,7 @@ class DatasetError(ValueError):
 class Problems:
     """Counts and first examples of everything dropped, fixed or reported, by reason."""
 
-    counts: Counter[str] = field(default_factory=Counter)  # captions (dropped), lines (fixed), REPORTED[reason] (reported)
+    counts: Counter[str] = field(default_factory=Counter)  # captions dropped, lines fixed, REPORTED[reason]
     images: Counter[str] = field(default_factory=Counter)  # images, for the image-level reasons
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
 

@@ -23,8 +23,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from pipeline.encoder.decoding import NO_BYTES, Batch, Item, decode_jpegs, plain_jpeg
-from pipeline.encoder.feature_cache import (CHECKSUMS, FEATURES, IMAGES, create_checksums, create_layout, plain_attr,
-                                             row_checksums, verify_cache)
+from pipeline.encoder.feature_cache import (
+    CHECKSUMS,
+    FEATURES,
+    IMAGES,
+    create_checksums,
+    create_layout,
+    plain_attr,
+    row_checksums,
+    verify_cache,
+)
 from pipeline.encoder.images import ImageReadError, load_image
 from pipeline.encoder.resnet import FEATURE_DIM, Encoder, encode
 from pipeline.files import atomic_path

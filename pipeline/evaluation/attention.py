@@ -3,8 +3,8 @@ inside the box of an object of that colour or shape?"""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from pipeline.config import DatasetConfig, EvaluateConfig, load_section
 from pipeline.datasets.table import read_captions, references_by_image

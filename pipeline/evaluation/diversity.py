@@ -7,7 +7,7 @@ training set.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 
 def caption_diversity(captions: Mapping[str, str], training_captions: Iterable[str]) -> dict[str, float]:

@@ -6,7 +6,7 @@ page, so every caption in the project is made and spelt the same way.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

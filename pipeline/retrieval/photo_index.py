@@ -105,8 +105,10 @@ def encode_new(captioner: PhotoCaptioner, files: ImageFiles, store: h5py.File, b
     """Encode the photos not yet done in the partial `store`; returns (encoded, {name: why} of bad files)."""
     todo = np.flatnonzero(~store[DONE][()]).tolist()
     encoded, skipped = 0, {}
-    loader = DataLoader(Subset(files, todo), batch_size=batch_size)
-    for rows, pixels, errors in tqdm(loader, desc="index", unit="batch", disable=not show_progress):
+    loader = DataLoader(Subset(files, todo), batch_size=batch_size, collate_fn=files.collate)
+    for batch in tqdm(loader, desc="index", unit="batch", disable=not show_progress):
+        rows = batch.rows
+        pixels, errors = files.to_device(batch, captioner.device)  # (B, 3, S, S)
         ok = np.array([not error for error in errors])
         for row, error in zip(rows.tolist(), errors):
             if error:
@@ -203,7 +205,8 @@ def open_index(index_dir: Path, checkpoint: Path | None = None) -> Gallery:
     index_dir = Path(index_dir)
     features, manifest_path = index_dir / FEATURES_FILE, index_dir / CAPTIONS_FILE
     if not features.is_file() or not manifest_path.is_file():
-        raise PhotoIndexError(f"{index_dir} is not a photo index; make it with `python -m pipeline.search index PHOTOS_DIR`")
+        raise PhotoIndexError(f"{index_dir} is not a photo index; "
+                              "make it with `python -m pipeline.search index PHOTOS_DIR`")
     manifest = read_manifest(index_dir)
     store = FeatureStore(features)
     missing = [name for name in store.names if name not in manifest["captions"]]

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pipeline.cli import run
 from pipeline.config import DatasetConfig, EncoderConfig, load_section
 from pipeline.datasets.table import read_captions
 from pipeline.encoder.decoding import gpu_decode_wanted
-from pipeline.cli import run
 from pipeline.encoder.extraction import (
     INPUTS,
     FeatureExtractionError,
@@ -45,8 +45,14 @@ from pipeline.encoder.extraction import (
 from pipeline.encoder.feature_cache import feature_bytes
 from pipeline.encoder.resnet import FEATURE_DIM, STRIDE, build_encoder, encoder_info
 from pipeline.files import full_disk_reported, require_free_space, with_margin
+from pipeline.runtime import (
+    follow_rank_zero,
+    relaunch_under_torchrun,
+    resolve_precision,
+    start_processes,
+    stop_processes,
+)
 from pipeline.training.resume import stage_identity
-from pipeline.runtime import follow_rank_zero, relaunch_under_torchrun, resolve_precision, start_processes, stop_processes
 
 
 def read_image_list(table: str | Path) -> list[str]:
@@ -72,7 +78,8 @@ def main() -> None:
     out = Path(config.cache)
 
     # the merge of several processes' files writes a second copy before the partial files go
-    needed = with_margin(feature_bytes(len(names), num_regions, FEATURE_DIM, config.dtype)) * (2 if world_size > 1 else 1)
+    cache_bytes = feature_bytes(len(names), num_regions, FEATURE_DIM, config.dtype)
+    needed = with_margin(cache_bytes) * (2 if world_size > 1 else 1)
     require_free_space(out, needed, "encoder.cache")
     inputs = follow_rank_zero(stage_identity("features") if rank == 0 else None, world_size)
     try:

@@ -12,7 +12,8 @@ look for each colour and shape word. `objects.json` keeps each object's colour, 
 (x0, y0, x1, y1 in pixels) for the attention-correctness score of `evaluate`.
 
 Drawn only when `dataset.captions` lies in `shapes.out_dir` (the demo is the dataset in use);
-for a real dataset the stage writes an empty folder and draws nothing. Deterministic from `shapes.seed`. Run: python -m pipeline.stages.shapes
+for a real dataset the stage writes an empty folder and draws nothing. Deterministic from `shapes.seed`.
+Run: python -m pipeline.stages.shapes
 """
 from __future__ import annotations
 

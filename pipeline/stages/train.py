@@ -29,8 +29,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.cli import run
-from pipeline.config import (DatasetConfig, EmbeddingsConfig, EncoderConfig, ModelConfig, TrainConfig, VocabConfig,
-                             load_section)
+from pipeline.config import (
+    DatasetConfig,
+    EmbeddingsConfig,
+    EncoderConfig,
+    ModelConfig,
+    TrainConfig,
+    VocabConfig,
+    load_section,
+)
 from pipeline.datasets.table import read_captions, references_by_image
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
@@ -38,8 +45,14 @@ from pipeline.evaluation.scoring import coco_scores
 from pipeline.files import save_torch
 from pipeline.model.captioner import describe_all, search_options
 from pipeline.model.checkpoint import checkpoint_payload
-from pipeline.runtime import (follow_rank_zero, gather, relaunch_under_torchrun, seed_everything, start_processes,
-                              stop_processes)
+from pipeline.runtime import (
+    follow_rank_zero,
+    gather,
+    relaunch_under_torchrun,
+    seed_everything,
+    start_processes,
+    stop_processes,
+)
 from pipeline.text import Vocabulary
 from pipeline.training.batches import bucket_batches, encode_captions
 from pipeline.training.epoch_log import EpochLog
@@ -138,13 +151,17 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     log = EpochLog(config, resumed=last is not None) if rank == 0 else None
     clock["model"] = time.perf_counter()
-    say(f"train: start-up {clock['model'] - clock['start']:.1f} s (resume check {clock['identity'] - clock['start']:.1f} s, "
-        f"features {clock['features'] - clock['identity']:.1f} s on {device}, {'resident' if features.resident else 'streamed'}; "
-        f"captions, model and feature statistics {clock['model'] - clock['features']:.1f} s); "
+    path = "resident" if features.resident else "streamed"
+    seconds = {name: clock[name] - clock[before]
+               for name, before in (("identity", "start"), ("features", "identity"), ("model", "features"))}
+    say(f"train: start-up {clock['model'] - clock['start']:.1f} s (resume check {seconds['identity']:.1f} s, "
+        f"features {seconds['features']:.1f} s on {device}, {path}; "
+        f"captions, model and feature statistics {seconds['model']:.1f} s); "
         f"{len(train_set)} training captions, {len(val_set)} validation captions", flush=True)
 
     for epoch in range(state["epoch"], config.epochs):
-        torch.manual_seed(config.seed + epoch + 1_000_003 * rank)  # dropout: replays on resume, differs across processes
+        # dropout: replays on resume, differs across processes
+        torch.manual_seed(config.seed + epoch + 1_000_003 * rank)
         batches = bucket_batches(train_set.lengths, config.batch_size * world_size,
                                  torch.Generator().manual_seed(config.seed + epoch))  # the same on every process
         train_stats = run_epoch(model, features, train_set, batches, config, device, optimizer, scaler, network,

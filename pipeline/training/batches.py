@@ -11,7 +11,7 @@ import torch
 
 from pipeline.text import Vocabulary, tokenize
 
-BUCKET_BATCHES = 50  # captions are sorted by length within windows of this many batches  # captions are sorted by length within windows of this many batches
+BUCKET_BATCHES = 50  # captions are sorted by length within windows of this many batches
 
 
 @dataclasses.dataclass
