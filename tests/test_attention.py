@@ -40,7 +40,8 @@ def test_attention_correctness_counts_colour_and_shape_words() -> None:
     alphas = torch.stack([one_hot(0), one_hot(0), one_hot(3), one_hot(0), one_hot(0), one_hot(3), one_hot(0)])
     scores = attention_correctness({"a.png": Caption(words, alphas, -1.0)}, objects, {"a.png": (100, 100)})
     assert scores == {"attention_correctness": 0.5, "attention_correctness_colour": 1.0,
-                      "attention_correctness_shape": 0.0, "attention_words": 4}
+                      "attention_correctness_shape": 0.0, "attention_words": 4,
+                      "attention_correctness_std": 0.0}  # one image: every resample is the same image
 
 
 def test_load_objects_checks_the_images(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
 from pipeline.training.batches import encode_captions
-from pipeline.training.loop import build_model, load_embeddings, run_epoch, shard
+from pipeline.training.loop import build_model, load_embeddings, run_epoch
 from tests.conftest import ROOT, write_feature_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,11 +89,3 @@ def test_embeddings_must_match_the_vocabulary(tmp_path: Path) -> None:
         load_embeddings(path, Vocabulary((*SPECIAL_TOKENS, "a")))
     with pytest.raises(FileNotFoundError, match="dvc repro embeddings"):
         load_embeddings(tmp_path / "missing.npy", Vocabulary((*SPECIAL_TOKENS, "a")))
-
-
-def test_shard_gives_every_process_the_same_number_of_distinct_batches() -> None:
-    batches = [torch.tensor([i]) for i in range(7)]
-    parts = [shard(batches, rank, 3) for rank in range(3)]
-    assert [len(p) for p in parts] == [2, 2, 2]
-    assert sorted(int(b) for p in parts for b in p) == list(range(6))
-    assert shard(batches, 0, 1) == batches

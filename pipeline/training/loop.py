@@ -72,6 +72,8 @@ def run_epoch(model: CaptionDecoder, features: FeatureMatrix, captions: EncodedC
     tokens_seen, started = 0, time.perf_counter()
     global_tokens = [int((captions.lengths[b] - 1).sum()) for b in batches if b.numel() >= world_size]
     mine = shard(batches, rank, world_size)
+    if hasattr(features, "prefetch"):  # streamed features: read the batches ahead, in the order asked for
+        features.prefetch([captions.image_rows[batch] for batch in mine])
     with tqdm(total=sum(global_tokens), disable=progress is None, desc=progress, unit="tok", unit_scale=True,
               mininterval=1.0, leave=False) as bar:
         for batch, batch_tokens in zip(mine, global_tokens):
