@@ -1,0 +1,1 @@
+"""Scoring captions: the COCO metrics, attention correctness, diversity, trivial baselines and figures."""

@@ -10,14 +10,8 @@ Reads `dataset.captions` in one of the formats below (`dataset.format: auto` det
   and every caption dropped (and why), every line fixed and every oddity kept, each with counts and
   the first few examples (line numbers, image names) so that the source can be fixed.
 
-Formats (pipeline/datasets/formats.py):
-- `flickr_token`: `IMAGE#N<TAB>caption` (Flickr8k `Flickr8k.token.txt`, Flickr30k
-  `results_20130124.token`, the built-in shapes demo);
-- `csv`: a header naming an image and a caption column (`image,caption`, `image_name,comment`, ...),
-  quoted fields allowed;
-- `pipe`: Flickr30k's `results.csv`, `image_name| comment_number| comment`;
-- `karpathy`: the Karpathy split JSON (`dataset_flickr8k.json`, `dataset_flickr30k.json`,
-  `dataset_coco.json`), which carries its own splits (restval counts as train).
+Formats: Flickr token files, CSV with a header, Flickr30k's pipe-separated `results.csv`, and the
+Karpathy split JSON (the list, with examples, is in pipeline/datasets/formats.py).
 
 Splits are by image, never by caption: from `dataset.split_files` when given, else from the Karpathy
 JSON, else a seeded random split of the images with `dataset.split_ratios`. When the dropped captions
