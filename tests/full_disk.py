@@ -181,3 +181,16 @@ def small_table(project: Path, folder: Path) -> Path:
              for name in sorted(set(table[table["split"] == split]["image"]))[:count]]
     write_captions(folder / "captions.csv", table[table["image"].isin(names)].itertuples(index=False))
     return folder / "captions.csv"
+
+@pytest.fixture(scope="module")
+def disk_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, bool]]:
+    """A folder with a 2 MB tmpfs mounted on it, when mounting is allowed: (folder, mounted)."""
+    folder = tmp_path_factory.mktemp("small_disk")
+    with mounted(folder) as is_mounted:
+        yield folder, is_mounted
+
+
+@pytest.fixture
+def small_disk(disk_folder: tuple[Path, bool], monkeypatch: pytest.MonkeyPatch) -> SmallDisk:
+    """An empty small disk (tests/full_disk.py)."""
+    return SmallDisk(*disk_folder, monkeypatch)

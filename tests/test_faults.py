@@ -6,29 +6,13 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from full_disk import SmallDisk, assert_disk_full, mounted, project_params
+from full_disk import SmallDisk, assert_disk_full, disk_folder, project_params, small_disk  # noqa: F401 - fixtures
 
 from pipeline.files import OutputError, require_free_space, save_torch, write_json
-
-
-@pytest.fixture(scope="module")
-def disk_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, bool]]:
-    """A folder with a 2 MB tmpfs mounted on it, when mounting is allowed: (folder, mounted)."""
-    folder = tmp_path_factory.mktemp("small_disk")
-    with mounted(folder) as is_mounted:
-        yield folder, is_mounted
-
-
-@pytest.fixture
-def small_disk(disk_folder: tuple[Path, bool], monkeypatch: pytest.MonkeyPatch) -> SmallDisk:
-    """An empty small disk (tests/full_disk.py)."""
-    return SmallDisk(*disk_folder, monkeypatch)
-
 
 # ----------------------------------------------------------------------------------------------
 # the writers

@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from full_disk import SmallDisk, assert_disk_full, mounted, project_params, small_table
+from full_disk import SmallDisk, assert_disk_full, disk_folder, project_params, small_disk, small_table  # noqa: F401 - fixtures
 
 import pipeline.files
 from pipeline.cli import run
@@ -19,20 +18,6 @@ from pipeline.config import PARAMS_ENV
 from pipeline.datasets.table import read_captions
 from pipeline.files import OutputError
 from tests.conftest import ROOT
-
-
-@pytest.fixture(scope="module")
-def disk_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, bool]]:
-    """A folder with a 2 MB tmpfs mounted on it, when mounting is allowed: (folder, mounted)."""
-    folder = tmp_path_factory.mktemp("small_disk")
-    with mounted(folder) as is_mounted:
-        yield folder, is_mounted
-
-
-@pytest.fixture
-def small_disk(disk_folder: tuple[Path, bool], monkeypatch: pytest.MonkeyPatch) -> SmallDisk:
-    """An empty small disk (tests/full_disk.py)."""
-    return SmallDisk(*disk_folder, monkeypatch)
 
 
 def run_features(disk: SmallDisk, params: Path, capsys: pytest.CaptureFixture[str],
