@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.training.resume import CONTINUABLE, can_continue, stage_identity, stop_epoch
+from pipeline.identity import CONTINUABLE, stage_identity
+from pipeline.training.resume import can_continue, stop_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -45,6 +45,7 @@ from pipeline.encoder.extraction import (
 from pipeline.encoder.feature_cache import feature_bytes
 from pipeline.encoder.resnet import FEATURE_DIM, STRIDE, build_encoder, encoder_info
 from pipeline.files import full_disk_reported, require_free_space, with_margin
+from pipeline.identity import stage_identity
 from pipeline.runtime import (
     follow_rank_zero,
     relaunch_under_torchrun,
@@ -52,7 +53,6 @@ from pipeline.runtime import (
     start_processes,
     stop_processes,
 )
-from pipeline.training.resume import stage_identity
 
 
 def read_image_list(table: str | Path) -> list[str]:

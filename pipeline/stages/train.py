@@ -43,6 +43,7 @@ from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
 from pipeline.evaluation.scoring import coco_scores
 from pipeline.files import save_torch
+from pipeline.identity import stage_identity
 from pipeline.model.captioner import describe_all, search_options
 from pipeline.model.checkpoint import checkpoint_payload
 from pipeline.runtime import (
@@ -58,7 +59,7 @@ from pipeline.training.batches import bucket_batches, encode_captions
 from pipeline.training.epoch_log import EpochLog
 from pipeline.training.loop import build_model, load_embeddings, run_epoch
 from pipeline.training.precision import autocast_for
-from pipeline.training.resume import can_continue, stage_identity
+from pipeline.training.resume import can_continue
 
 VALIDATION_METRICS = ("bleu4", "cider")
 
