@@ -153,6 +153,28 @@ def test_batched_search_equals_one_image_at_a_time():
             assert one_scores[0].item() == pytest.approx(scores[b].item(), abs=1e-5)
 
 
+@pytest.mark.parametrize("beam_size", [1, 2, 5])
+def test_beams_of_different_images_never_mix(beam_size):
+    """Images kept once per image while their beams are rows: a batch of distinct images, in any order,
+    gives each image exactly what it gets alone, while images finish (and leave the batch) at different
+    steps. A beam attending to another image's features, or an image dropped with the wrong features,
+    would change the words, scores or attention of some image."""
+    model = make_model(seed=4, sharpness=4.0)
+    features = make_features(12, seed=1) * 3  # (12, P, E): distinct images
+    alone = [generate(model, features[b : b + 1], beam_size, max_length=9) for b in range(12)]
+    lengths = {len(tokens[0]) for tokens, _, _ in alone}
+    assert len(lengths) >= 3  # searches end at different steps, so images leave the batch one by one
+    assert len({tuple(tokens[0]) for tokens, _, _ in alone}) >= 6  # the images are told apart
+    for order in (torch.arange(12), torch.randperm(12, generator=torch.Generator().manual_seed(1))):
+        tokens, attention, scores = generate(model, features[order], beam_size, max_length=9)
+        for position, b in enumerate(order.tolist()):
+            one_tokens, one_attention, one_scores = alone[b]
+            assert tokens[position] == one_tokens[0], f"image {b} at position {position}"
+            # the same up to float rounding: a batch's products may round differently from one image's
+            assert scores[position].item() == pytest.approx(one_scores[0].item(), rel=1e-6)
+            torch.testing.assert_close(attention[position], one_attention[0])
+
+
 @pytest.mark.parametrize("seed,end_bias,sharpness", [(0, None, 4.0), (1, None, 4.0), (3, 0.5, 4.0), (0, -1.0, 12.0)])
 def test_a_beam_that_holds_every_candidate_finds_the_best_caption(seed, end_bias, sharpness):
     """An exhaustive beam returns the best caption of all, so no narrower beam (greedy included) beats it.

@@ -2,6 +2,7 @@
 and overfitting a batch."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -88,6 +89,64 @@ def test_state_select_picks_rows_in_order():
     chosen = state.select(torch.tensor([2, 0, 2]))
     for field in ("x", "projected", "h", "c"):
         torch.testing.assert_close(getattr(chosen, field), getattr(state, field)[[2, 0, 2]])
+
+
+def beam_state(images: int, beams: int, seed: int = 11):
+    """A state of `images` distinct images with `beams` different LSTM rows each, laid out (images, beams)."""
+    model = make_model(seed=3, sharpness=4.0)
+    state = model.start(make_features(images, seed=seed) * 2)
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.arange(images).repeat_interleave(beams)
+    state = state.select_beams(rows)  # K rows per image, the image's features not copied
+    h = state.h + torch.randn(state.h.shape, generator=generator)
+    c = torch.randn(state.c.shape, generator=generator)
+    return model, dataclasses.replace(state, h=h, c=c)
+
+
+def test_beams_share_their_image_features_and_attend_as_if_each_had_a_copy():
+    """K rows per image against one copy of its features equal one row per caption with its own copy."""
+    images, beams = 4, 3
+    model, state = beam_state(images, beams)
+    assert state.x.size(0) == images and state.h.size(0) == images * beams and state.beams == beams
+    words = torch.tensor([4, 5, 6, 7, 8, 9, 10, 11, 4, 5, 6, 7])  # (12,)
+    with torch.no_grad():
+        log_probs, alpha, after = model.advance(state, words)
+        # the reference: every row with its own image's features, the layout the decoder had before
+        copies = state.select(torch.arange(images * beams))
+        assert copies.x.size(0) == images * beams and copies.beams == 1
+        reference_log_probs, reference_alpha, reference = model.advance(copies, words)
+    torch.testing.assert_close(log_probs, reference_log_probs)
+    torch.testing.assert_close(alpha, reference_alpha)
+    torch.testing.assert_close(after.h, reference.h)
+    assert after.x is state.x and after.projected is state.projected  # still once per image
+    # and the rows did use their own image: the attention differs between images for the same hidden state
+    same_h = dataclasses.replace(state, h=state.h[:1].expand_as(state.h).contiguous(),
+                                 c=state.c[:1].expand_as(state.c).contiguous())
+    with torch.no_grad():
+        _, same_alpha, _ = model.advance(same_h, words[:1].expand(images * beams))
+    assert not torch.allclose(same_alpha[0], same_alpha[beams])
+    torch.testing.assert_close(same_alpha[0], same_alpha[beams - 1])
+
+
+def test_select_beams_reorders_within_images_and_drops_images():
+    images, beams = 4, 3
+    _, state = beam_state(images, beams)
+    rows = torch.tensor([2, 2, 0, 3, 5, 4, 8, 6, 6, 11, 9, 10])  # each image's rows, reordered
+    reordered = state.select_beams(rows)
+    assert reordered.x is state.x and reordered.projected is state.projected
+    torch.testing.assert_close(reordered.h, state.h[rows])
+    torch.testing.assert_close(reordered.c, state.c[rows])
+    keep = torch.tensor([1, 3])  # drop images 0 and 2
+    kept = state.select_beams(torch.tensor([3, 4, 5, 9, 10, 11]), keep)
+    torch.testing.assert_close(kept.x, state.x[keep])
+    torch.testing.assert_close(kept.projected, state.projected[keep])
+    torch.testing.assert_close(kept.h, state.h[[3, 4, 5, 9, 10, 11]])
+    # the general select of these rows gives the same caption rows, with one features row each
+    general = state.select(torch.tensor([3, 9]))
+    torch.testing.assert_close(general.x, state.x[[1, 3]])
+    torch.testing.assert_close(general.h, state.h[[3, 9]])
+    with pytest.raises(ValueError, match="cannot be laid out"):
+        state.select_beams(torch.tensor([0, 1, 2, 3, 4]))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,13 +4,15 @@ Drives any decoder with the `start(features) -> state` / `advance(state, words) 
 attention, state)` interface of `pipeline.model.decoder.CaptionDecoder`. Every image of a batch
 is searched at once, K beams each, and images leave the batch once their search is over.
 
-Layout, with n images still searching (n <= B), K beams each, t words decoded so far:
+Layout, with n images still searching (n <= B), k live beams each (1 before the first word, when
+all K beams would be the same, then K), t words decoded so far:
 
-    decoder state rows   n*K            image i's beams are rows i*K .. i*K + K-1
-    scores               (n, K)         summed log-probabilities of the live beams
-    sequences            (n, K, t)      word ids (no START)
-    attention            (n, K, t, P)   the attention that produced each word
-    candidates           (n, K*V)       beam k extended by word w sits in column k*V + w
+    decoder state rows   n*k            image i's beams are rows i*k .. i*k + k-1; the decoder keeps
+                                        each image's features once, shared by its beams (DecoderState)
+    scores               (n, k)         summed log-probabilities of the live beams
+    sequences            (n, k, t)      word ids (no START)
+    attention            (n, k, t, P)   the attention that produced each word
+    candidates           (n, k*V)       beam j extended by word w sits in column j*V + w
 
 A hypothesis that emits END among the K best candidates of a step is set aside (an END ranked
 below them would not have won a beam, and with K = 1 only the argmax may end, so beam size 1 is
@@ -80,59 +82,69 @@ def repeated_ngram_mask(sequences: torch.Tensor, n: int, vocab_size: int) -> tor
     return mask
 
 
+def select_beams(state, rows: torch.Tensor, images: torch.Tensor | None = None):  # noqa: ANN001, ANN201
+    """The decoder state's rows laid out (images, beams), through `state.select_beams` when the state has
+    it (image features kept once per image, as `DecoderState` does), else through `state.select`."""
+    select = getattr(state, "select_beams", None)
+    return select(rows, images) if select is not None else state.select(rows)
+
+
 @torch.no_grad()
 def beam_search(decoder: Decoder, features: torch.Tensor, start: int, end: int,
                 options: SearchOptions = SearchOptions()) -> list[Hypothesis]:
     """The best caption of each image of features (B, P, E)."""
     B, K = features.size(0), options.beam_size
     device = features.device
-    state = decoder.start(features)
-    rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,) every image's K beams
-    state = state.select(rows)
+    state = decoder.start(features)  # one row per image: all K beams start identical, so expand only one
+    k = 1  # live beams per image in the state: 1 before the first word, K after
     active = torch.arange(B, device=device)  # (n,) the images still searching
-    scores = torch.full((B, K), float("-inf"), device=device)  # (n, K)
-    scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    words = torch.full((B * K,), start, dtype=torch.long, device=device)  # (n*K,)
-    sequences = torch.empty(B, K, 0, dtype=torch.long, device=device)  # (n, K, t)
-    attention = torch.empty(B, K, 0, features.size(1), device=device)  # (n, K, t, P)
+    scores = torch.zeros(B, 1, device=device)  # (n, k)
+    words = torch.full((B,), start, dtype=torch.long, device=device)  # (n*k,)
+    sequences = torch.empty(B, 1, 0, dtype=torch.long, device=device)  # (n, k, t)
+    attention = torch.empty(B, 1, 0, features.size(1), device=device)  # (n, k, t, P)
     best_scores = torch.full((B,), float("-inf"), device=device)  # ranking score of the best finished
     best: list[Hypothesis | None] = [None] * B
     banned = torch.tensor(options.banned, dtype=torch.long, device=device)
     live_bound = float(length_norm(options.max_length + 1, options.length_penalty))
+    beam_offsets = torch.arange(K, device=device)  # (K,)
 
     for t in range(options.max_length):
         n = active.numel()
-        log_probs, alpha, state = decoder.advance(state, words)  # (n*K, V), (n*K, P)
+        log_probs, alpha, state = decoder.advance(state, words)  # (n*k, V), (n*k, P)
         V, P = log_probs.size(1), alpha.size(1)
         if banned.numel():
             log_probs[:, banned] = float("-inf")
         if options.no_repeat_ngram:
             log_probs = log_probs.masked_fill(
-                repeated_ngram_mask(sequences.view(n * K, t), options.no_repeat_ngram, V), float("-inf"))
-        alpha = alpha.view(n, K, 1, P)
-        candidates = (scores.unsqueeze(2) + log_probs.view(n, K, V)).view(n, K * V)
-        top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)  # (n, 2K)
-        source, word = top_index // V, top_index % V  # (n, 2K) the beam each came from, its word
+                repeated_ngram_mask(sequences.view(n * k, t), options.no_repeat_ngram, V), float("-inf"))
+        candidates = log_probs.view(n, k, V).add_(scores.unsqueeze(2)).view(n, k * V)  # in place: no new (n, k*V)
+        top_scores, top_index = candidates.topk(min(2 * K, k * V), dim=1)  # (n, c)
+        if top_scores.size(1) < K:  # fewer candidates than beams (a vocabulary smaller than K, first word)
+            missing = K - top_scores.size(1)
+            top_scores = torch.cat([top_scores, top_scores.new_full((n, missing), float("-inf"))], dim=1)
+            top_index = torch.cat([top_index, top_index.new_zeros(n, missing)], dim=1)
+        source, word = top_index // V, top_index % V  # (n, c) the beam each came from, its word
         is_end = word == end
-        in_beam = torch.arange(top_scores.size(1), device=device) < K  # (2K,) candidates that take a beam
+        in_beam = torch.arange(top_scores.size(1), device=device) < K  # (c,) candidates that take a beam
 
         # finished hypotheses: keep each image's best by its (length-normalised) score
         ranked = top_scores / float(length_norm(t + 1, options.length_penalty))
         end_scores, end_position = ranked.masked_fill(~(is_end & in_beam), float("-inf")).max(dim=1)  # (n,)
         for i in torch.nonzero(end_scores > best_scores[active]).flatten().tolist():
-            b, k = int(active[i]), int(source[i, end_position[i]])
+            b, j = int(active[i]), int(source[i, end_position[i]])
             best_scores[b] = end_scores[i]
-            best[b] = Hypothesis(sequences[i, k].tolist(), attention[i, k].cpu(),  # the END step's attention left out
-                                 float(end_scores[i]))
+            best[b] = Hypothesis(sequences[i, j].tolist(),  # the END step's attention left out
+                                 attention[i, j].to("cpu", copy=True), float(end_scores[i]))
 
         # live beams: the K best candidates that did not end
         scores, order = top_scores.masked_fill(is_end, float("-inf")).topk(K, dim=1)  # (n, K)
         source, word = source.gather(1, order), word.gather(1, order)  # (n, K)
-        previous = (torch.arange(n, device=device).unsqueeze(1) * K + source).view(-1)  # (n*K,)
-        state, words = state.select(previous), word.view(-1)
-        sequences = torch.cat([sequences.view(n * K, t)[previous].view(n, K, t), word.unsqueeze(2)], dim=2)
-        attention = torch.cat([attention.view(n * K, t, P)[previous].view(n, K, t, P),
-                               alpha.view(n * K, 1, P)[previous].view(n, K, 1, P)], dim=2)
+        previous = (torch.arange(n, device=device).unsqueeze(1) * k + source).view(-1)  # (n*K,) rows of the state
+        state, words = select_beams(state, previous), word.view(-1)
+        sequences = torch.cat([sequences.view(n * k, t)[previous].view(n, K, t), word.unsqueeze(2)], dim=2)
+        attention = torch.cat([attention.view(n * k, t, P)[previous].view(n, K, t, P),
+                               alpha.view(n * k, 1, P)[previous].view(n, K, 1, P)], dim=2)
+        k = K
 
         # an image is done once no live beam can beat its best finished caption
         searching = best_scores[active] < scores[:, 0] / live_bound  # (n,)
@@ -140,11 +152,11 @@ def beam_search(decoder: Decoder, features: torch.Tensor, start: int, end: int,
             break
         if int(searching.sum()) <= 3 * n // 4:  # drop finished images, in steps worth a copy
             keep = torch.nonzero(searching).flatten()  # (n',)
-            beam_rows = (keep.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)  # (n'*K,)
-            state, words = state.select(beam_rows), words[beam_rows]
+            beam_rows = (keep.unsqueeze(1) * K + beam_offsets).view(-1)  # (n'*K,)
+            state, words = select_beams(state, beam_rows, keep), words[beam_rows]
             active, scores, sequences, attention = active[keep], scores[keep], sequences[keep], attention[keep]
 
     for i, b in enumerate(active.tolist()):
         if best[b] is None:  # no beam ever emitted END: its best live one, max_length words
-            best[b] = Hypothesis(sequences[i, 0].tolist(), attention[i, 0].cpu(), float(scores[i, 0]))
+            best[b] = Hypothesis(sequences[i, 0].tolist(), attention[i, 0].to("cpu", copy=True), float(scores[i, 0]))
     return best  # type: ignore[return-value]

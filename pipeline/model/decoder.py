@@ -31,18 +31,63 @@ class DecoderConfig:
     max_caption_length: int = 30  # words: training captions are cut here, decoding stops here
 
 
+PER_IMAGE = {"per": "image"}  # DecoderState field metadata: one row per image, shared by its beams
+
+
 @dataclasses.dataclass(frozen=True)
 class DecoderState:
-    """What the decoder carries from one step to the next, one row per caption being decoded."""
+    """What the decoder carries from one step to the next.
 
-    x: torch.Tensor  # (B, P, E) standardised features
-    projected: torch.Tensor  # (B, P, A) their attention projection, computed once
-    h: torch.Tensor  # (B, H)
-    c: torch.Tensor  # (B, H)
+    Rows are laid out (images, beams): the fields marked PER_IMAGE hold one row per image, shared by
+    that image's K beams, and every other tensor field one row per caption being decoded, image i's
+    beams being rows i*K .. i*K + K-1, where K = (caption rows) / (image rows). Teacher forcing and
+    `start` have K = 1; beam search makes K rows per image without copying the image's features.
+    """
+
+    x: torch.Tensor = dataclasses.field(metadata=PER_IMAGE)  # (N, P, E) standardised features
+    projected: torch.Tensor = dataclasses.field(metadata=PER_IMAGE)  # (N, P, A) their attention projection
+    h: torch.Tensor  # (N*K, H)
+    c: torch.Tensor  # (N*K, H)
+
+    @property
+    def beams(self) -> int:
+        """K, the caption rows per image."""
+        return self.h.size(0) // self.x.size(0) if self.x.size(0) else 1
+
+    def _indexed(self, images: torch.Tensor | None, rows: torch.Tensor) -> DecoderState:
+        """Per-image fields at `images` (kept whole when None), every other tensor field at `rows`."""
+        changes = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, torch.Tensor):
+                continue
+            if field.metadata.get("per") == "image":
+                if images is not None:
+                    changes[field.name] = value[images]
+            else:
+                changes[field.name] = value[rows]
+        return dataclasses.replace(self, **changes)
 
     def select(self, rows: torch.Tensor) -> DecoderState:
-        """The state of the given rows (R,), in that order."""
-        return DecoderState(self.x[rows], self.projected[rows], self.h[rows], self.c[rows])
+        """The state of the given caption rows (R,), in that order, one image row each (K = 1).
+
+        General but copies each row's image features; beam search uses `select_beams`.
+        """
+        images = rows // self.beams if self.beams > 1 else rows
+        return self._indexed(images, rows)
+
+    def select_beams(self, rows: torch.Tensor, images: torch.Tensor | None = None) -> DecoderState:
+        """The state of caption rows (R,) laid out (images, beams), R / n beams for each of n images.
+
+        `images` (n,) are the images kept, in order (all of them when None: the per-image fields are
+        then shared, not copied); the j-th of `rows` must be a row of the image that row j's place
+        gives it: rows of image images[j // (R / n)]. That is what a beam search's reordering and
+        dropping of finished images produce; it is not checked here (a test is).
+        """
+        n = self.x.size(0) if images is None else images.numel()
+        if n and rows.numel() % n:
+            raise ValueError(f"{rows.numel()} rows cannot be laid out as beams of {n} images")
+        return self._indexed(images, rows)
 
 
 class Attention(nn.Module):
@@ -54,11 +99,18 @@ class Attention(nn.Module):
 
     def forward(self, features: torch.Tensor, projected_features: torch.Tensor,
                 projected_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # features (B, P, E), projected_features (B, P, A), projected_hidden (B, A)
-        energy = torch.tanh(projected_features + projected_hidden.unsqueeze(1))  # (B, P, A)
-        alpha = self.score(energy).squeeze(2).softmax(dim=1)  # (B, P)
-        context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # (B, E)
-        return context, alpha
+        """Context (N*K, E) and attention (N*K, P) of K rows per image (rows laid out (images, beams)).
+
+        features (N, P, E) and projected_features (N, P, A), one row per image; projected_hidden
+        (N*K, A). Each image's K rows attend to that image's features without copying them.
+        """
+        N, P = features.shape[:2]
+        K = projected_hidden.size(0) // N if N else 1
+        hidden = projected_hidden.unflatten(0, (N, K)).unsqueeze(2)  # (N, K, 1, A)
+        energy = torch.tanh_(projected_features.unsqueeze(1) + hidden)  # (N, K, P, A)
+        alpha = self.score(energy).squeeze(3).softmax(dim=2)  # (N, K, P)
+        context = torch.bmm(alpha, features)  # (N, K, E)
+        return context.flatten(0, 1), alpha.flatten(0, 1)  # (N*K, E), (N*K, P)
 
 
 class CaptionDecoder(nn.Module):
