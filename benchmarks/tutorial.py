@@ -9,6 +9,11 @@ the same model, with our maths (tanh attention and initial state where it has Re
   caption, a shuffled DataLoader (one worker, as the tutorial), fp32, and the tutorial's step
   (forward, loss, backward, gradient clamp, Adam).
 
+- `tutorial_beam_search`: caption.py's `caption_image_beam_search` from the encoder's output on: one
+  image, its features expanded to k rows, the projection redone inside every step, the k best of all
+  k*V candidates, a beam that emits END set aside and the beam narrowed by one (k shrinks), the
+  features, h and c re-indexed every step.
+
 `make_pair` copies the weights across (the fused LSTM takes `weight_ih` split and the two biases
 summed); `check_same_maths` asserts that both give the same fp32 loss and gradients.
 """
@@ -84,6 +89,74 @@ class TutorialDecoder(nn.Module):
             predictions[:batch_size_t, t] = self.fc(self.dropout(h))  # (b, V)
             alphas[:batch_size_t, t] = alpha
         return predictions, captions, decode_lengths, alphas
+
+
+@torch.no_grad()
+def tutorial_beam_search(decoder: TutorialDecoder, features: torch.Tensor, beam_size: int,
+                         max_length: int) -> tuple[list[int], float, torch.Tensor]:
+    """One image's caption as caption.py's `caption_image_beam_search` finds it, from features (P, E).
+
+    Returns the words (no START or END), the summed log-probability and the attention (L, P) behind
+    each word. As caption.py, line for line, with three changes: `//` for the beam index (caption.py's
+    `/` is a float division in today's torch), no_grad (caption.py builds autograd graphs it never
+    uses), and at most `max_length` steps (caption.py's 50) with the best live beam taken when none
+    ended (where caption.py fails on an empty list), so that both searches cover the same captions.
+    """
+    k, vocab_size = beam_size, decoder.fc.out_features
+    num_pixels, encoder_dim = features.shape
+    enc_image_size = round(num_pixels ** 0.5)  # 7: the 7x7 grid
+    encoder_out = features.view(1, num_pixels, encoder_dim).expand(k, num_pixels, encoder_dim)  # (k, P, E)
+    k_prev_words = torch.full((k, 1), START, dtype=torch.long)  # (k, 1)
+    seqs = k_prev_words  # (k, 1)
+    top_k_scores = torch.zeros(k, 1)  # (k, 1)
+    seqs_alpha = torch.ones(k, 1, enc_image_size, enc_image_size)  # (k, 1, 7, 7)
+    complete_seqs, complete_seqs_alpha, complete_seqs_scores = [], [], []
+    step = 1
+    mean = encoder_out.mean(dim=1)  # (k, E): the tutorial's init_hidden_state, with our tanh
+    h, c = torch.tanh(decoder.init_h(mean)), torch.tanh(decoder.init_c(mean))  # (k, H)
+    while True:
+        embeddings = decoder.embedding(k_prev_words).squeeze(1)  # (s, D)
+        awe, alpha = decoder.attention(encoder_out, h)  # (s, E), (s, P): the projection of (s, P, E) again
+        alpha = alpha.view(-1, enc_image_size, enc_image_size)  # (s, 7, 7)
+        gate = torch.sigmoid(decoder.f_beta(h))  # (s, E)
+        awe = gate * awe
+        h, c = decoder.decode_step(torch.cat([embeddings, awe], dim=1), (h, c))  # (s, H)
+        scores = F.log_softmax(decoder.fc(h), dim=1)  # (s, V)
+        scores = top_k_scores.expand_as(scores) + scores  # (s, V)
+        if step == 1:  # all k rows are the same
+            top_k_scores, top_k_words = scores[0].topk(k, 0, True, True)  # (s,)
+        else:
+            top_k_scores, top_k_words = scores.view(-1).topk(k, 0, True, True)  # (s,)
+        prev_word_inds = top_k_words // vocab_size  # (s,)
+        next_word_inds = top_k_words % vocab_size  # (s,)
+        seqs = torch.cat([seqs[prev_word_inds], next_word_inds.unsqueeze(1)], dim=1)  # (s, step + 1)
+        seqs_alpha = torch.cat([seqs_alpha[prev_word_inds], alpha[prev_word_inds].unsqueeze(1)], dim=1)
+        incomplete_inds = [ind for ind, next_word in enumerate(next_word_inds) if next_word != END]
+        complete_inds = list(set(range(len(next_word_inds))) - set(incomplete_inds))
+        if len(complete_inds) > 0:
+            complete_seqs.extend(seqs[complete_inds].tolist())
+            complete_seqs_alpha.extend(seqs_alpha[complete_inds].tolist())
+            complete_seqs_scores.extend(top_k_scores[complete_inds])
+        k -= len(complete_inds)  # the beam narrows
+        if k == 0:
+            break
+        seqs = seqs[incomplete_inds]
+        seqs_alpha = seqs_alpha[incomplete_inds]
+        h = h[prev_word_inds[incomplete_inds]]
+        c = c[prev_word_inds[incomplete_inds]]
+        encoder_out = encoder_out[prev_word_inds[incomplete_inds]]
+        top_k_scores = top_k_scores[incomplete_inds].unsqueeze(1)
+        k_prev_words = next_word_inds[incomplete_inds].unsqueeze(1)
+        if step >= max_length:  # caption.py: step > 50
+            break
+        step += 1
+    if complete_seqs_scores:
+        i = complete_seqs_scores.index(max(complete_seqs_scores))
+        seq, alphas, score = complete_seqs[i][1:-1], complete_seqs_alpha[i], float(complete_seqs_scores[i])
+    else:  # no beam ended: the best live one (top_k_scores stay sorted)
+        seq, alphas, score = seqs[0, 1:].tolist(), seqs_alpha[0].tolist(), float(top_k_scores[0])
+    attention = torch.tensor(alphas).view(-1, num_pixels)[1:len(seq) + 1]  # (L, P): the words' attention
+    return seq, score, attention
 
 
 def tutorial_loss(predictions: torch.Tensor, captions: torch.Tensor, decode_lengths: list[int],
