@@ -42,6 +42,8 @@ class DecoderState:
     that image's K beams, and every other tensor field one row per caption being decoded, image i's
     beams being rows i*K .. i*K + K-1, where K = (caption rows) / (image rows). Teacher forcing and
     `start` have K = 1; beam search makes K rows per image without copying the image's features.
+    A field is per caption row unless its metadata is PER_IMAGE; fields that are not tensors are
+    carried as they are.
     """
 
     x: torch.Tensor = dataclasses.field(metadata=PER_IMAGE)  # (N, P, E) standardised features
@@ -80,9 +82,10 @@ class DecoderState:
         """The state of caption rows (R,) laid out (images, beams), R / n beams for each of n images.
 
         `images` (n,) are the images kept, in order (all of them when None: the per-image fields are
-        then shared, not copied); the j-th of `rows` must be a row of the image that row j's place
-        gives it: rows of image images[j // (R / n)]. That is what a beam search's reordering and
-        dropping of finished images produce; it is not checked here (a test is).
+        then shared, not copied). rows[j] must be a row of image images[j // (R / n)] (of image
+        j // (R / n) when `images` is None): what a beam search's reordering of beams and dropping of
+        finished images produce. Not checked here, where it would cost a sync per step;
+        tests/test_beam_search.py checks that beams never mix images.
         """
         n = self.x.size(0) if images is None else images.numel()
         if n and rows.numel() % n:
