@@ -153,6 +153,7 @@ class EmbeddingsConfig(Section):
 
 
 class ModelConfig(Section):
+    architecture: Literal["spatial", "sat"]
     attention_dim: int = Field(ge=1, le=16384)
     decoder_dim: int = Field(ge=1, le=16384)
     dropout: Real = Field(ge=0.0, lt=1.0)

@@ -22,7 +22,8 @@ TINY_PARAMS = {
     "dataset": {"split_ratios": {"train": 0.6, "val": 0.2, "test": 0.2}},
     "encoder": {"image_size": 64, "batch_size": 8, "num_workers": 0, "precision": "fp32"},
     "embeddings": {"dim": 16, "epochs": 2},
-    "model": {"attention_dim": 16, "decoder_dim": 32, "dropout": 0.0, "max_caption_length": 12},
+    # sat: the architecture that learns these 18 training images in 12 epochs (spatial: tests/test_pipeline.py)
+    "model": {"architecture": "sat", "attention_dim": 16, "decoder_dim": 32, "dropout": 0.0, "max_caption_length": 12},
     "train": {"epochs": 12, "batch_size": 8, "lr": 0.01, "early_stopping": "loss", "num_samples": 1},
     "evaluate": {"beam_size": 2, "num_figures": 2},
 }
@@ -121,3 +122,12 @@ def write_feature_cache(path: Path, names: list[str], features: Any, attrs: dict
                                 attrs or {"weights": "none", "image_size": 64})
         dataset[...] = features
     return path
+
+
+@pytest.fixture(params=["spatial", "sat"])
+def each_architecture(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test once per decoder architecture: tests.tiny_models.make_model builds that one."""
+    from tests import tiny_models
+
+    monkeypatch.setattr(tiny_models, "ARCHITECTURE", request.param)
+    return request.param

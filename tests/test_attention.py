@@ -41,13 +41,45 @@ def test_attention_correctness_counts_colour_and_shape_words() -> None:
     scores = attention_correctness({"a.png": Caption(words, alphas, -1.0)}, objects, {"a.png": (100, 100)})
     assert scores == {"attention_correctness": 0.5, "attention_correctness_colour": 1.0,
                       "attention_correctness_shape": 0.0, "attention_words": 4,
-                      "attention_correctness_std": 0.0}  # one image: every resample is the same image
+                      "attention_correctness_std": 0.0,  # one image: every resample is the same image
+                      "hallucinated_words": 0, "hallucination_rate": 0.0, "hallucination_rate_colour": 0.0,
+                      "hallucination_rate_shape": 0.0}
+
+
+def test_words_naming_nothing_in_the_image_are_counted_apart_not_scored() -> None:
+    objects = {"a.png": [{"colour": "red", "shape": "circle", "box": [0, 0, 50, 50]}],
+               "b.png": [{"colour": "blue", "shape": "square", "box": [50, 50, 100, 100]},
+                         {"colour": "blue", "shape": "triangle", "box": [0, 50, 50, 100]}]}
+    captions = {
+        # a.png has no square: `square` is hallucinated, whatever its attention; `red` looks at the circle
+        "a.png": Caption(["a", "red", "square"], torch.stack([one_hot(0), one_hot(0), one_hot(0)]), -1.0),
+        # b.png: `blue` may look at either blue object (bottom left here); `triangle` looks top left (wrong);
+        # `green` names nothing
+        "b.png": Caption(["a", "blue", "triangle", "and", "a", "green", "square"],
+                         torch.stack([one_hot(0), one_hot(2), one_hot(0), one_hot(0), one_hot(0), one_hot(1),
+                                      one_hot(3)]), -1.0),
+    }
+    sizes = {"a.png": (100, 100), "b.png": (100, 100)}
+    scores = attention_correctness(captions, objects, sizes, ({"red", "blue", "green"}, {"circle", "square", "triangle"}))
+    # scored: red (hit), blue (hit), triangle (miss), square in b (hit) -> 3 of 4
+    assert scores["attention_words"] == 4
+    assert scores["attention_correctness"] == 0.75
+    assert scores["attention_correctness_colour"] == 1.0
+    assert scores["attention_correctness_shape"] == 0.5
+    assert scores["hallucinated_words"] == 2  # square in a.png, green in b.png
+    assert scores["hallucination_rate"] == 2 / 6
+    assert scores["hallucination_rate_colour"] == 1 / 3
+    assert scores["hallucination_rate_shape"] == 1 / 3
 
 
 def test_load_objects_checks_the_images(tmp_path: Path) -> None:
     path = tmp_path / "objects.json"
     path.write_text(json.dumps({"a.png": [], "b.png": [{"colour": "red"}]}), encoding="utf-8")
-    assert load_objects(path, ["b.png"]) == {"b.png": [{"colour": "red"}]}
+    path.write_text(json.dumps({"a.png": [{"colour": "green", "shape": "cross"}],
+                                "b.png": [{"colour": "red", "shape": "circle"}]}), encoding="utf-8")
+    # the boxes of the images asked for; the words of the whole file
+    assert load_objects(path, ["b.png"]) == ({"b.png": [{"colour": "red", "shape": "circle"}]},
+                                             ({"green", "red"}, {"cross", "circle"}))
     with pytest.raises(KeyError, match="c.png"):
         load_objects(path, ["a.png", "c.png"])
     with pytest.raises(FileNotFoundError, match="evaluate.objects"):

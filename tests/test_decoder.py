@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from pipeline.model.decoder import caption_loss
 from tests.tiny_models import END, PAD, A, D, E, H, P, V, generate, make_features, make_model, padded
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: extra threads only add overhead
+# tiny tensors: extra threads only add overhead; every test once per decoder architecture
+pytestmark = pytest.mark.usefixtures("one_thread", "each_architecture")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -34,21 +35,25 @@ def test_prepare_features_shapes_and_standardisation():
     mean, std = torch.linspace(-1, 1, E), torch.linspace(0.5, 2, E)
     model.set_feature_statistics(mean, std)
     features = make_features(2).half()  # cached features are float16
-    x, projected, h, c = model.prepare_features(features)
+    state = model.start(features)
+    x, projected, h, c = state.x, state.projected, state.h, state.c
     assert x.shape == (2, P, E) and x.dtype == torch.float32
     assert projected.shape == (2, P, A)
     assert h.shape == (2, H) and c.shape == (2, H)
     torch.testing.assert_close(x, (features.float() - mean) / std)
     torch.testing.assert_close(projected, model.encoder_projection(x))
     torch.testing.assert_close(h, torch.tanh(model.init_h(x.mean(dim=1))))
+    if model.spatial:  # the whole image's part of the LSTM input, once per image
+        torch.testing.assert_close(state.image_gates, model.image_gates(x.mean(dim=1)))
+    else:
+        assert state.image_gates is None
 
 
 def test_feature_std_is_clamped_away_from_zero():
     model = make_model()
     model.set_feature_statistics(torch.zeros(E), torch.zeros(E))
     assert (model.feature_std > 0).all()
-    x, *_ = model.prepare_features(make_features(1))
-    assert torch.isfinite(x).all()
+    assert torch.isfinite(model.start(make_features(1)).x).all()
 
 
 def test_forward_is_causal():
@@ -61,7 +66,10 @@ def test_forward_is_causal():
     logits, alphas = model(features, captions)
     changed_logits, changed_alphas = model(features, changed)
     torch.testing.assert_close(logits[:, :3], changed_logits[:, :3])
-    torch.testing.assert_close(alphas[:, :4], changed_alphas[:, :4])  # alpha at t uses h before word t
+    # sat's attention at step t is queried with h before input word t; spatial's with h after it
+    unchanged = 3 if model.spatial else 4
+    torch.testing.assert_close(alphas[:, :unchanged], changed_alphas[:, :unchanged])
+    assert not torch.allclose(alphas[:, unchanged:], changed_alphas[:, unchanged:])
     assert not torch.allclose(logits[:, 3:], changed_logits[:, 3:])
 
 
@@ -153,8 +161,8 @@ def test_select_beams_reorders_within_images_and_drops_images():
 # the fused LSTM cell is nn.LSTMCell(D + E, H) on [embedding; gated context]
 
 
-def test_step_equals_lstm_cell_on_embedding_and_gated_context():
-    model = make_model()
+def test_sat_step_equals_lstm_cell_on_embedding_and_gated_context():
+    model = make_model(architecture="sat")
     torch.manual_seed(5)
     cell = torch.nn.LSTMCell(D + E, H)
     with torch.no_grad():
@@ -166,21 +174,66 @@ def test_step_equals_lstm_cell_on_embedding_and_gated_context():
     features = make_features(3)
     embedded = torch.randn(3, D)
     with torch.no_grad():
-        x, projected, h, c = model.prepare_features(features)
-        h = h + torch.randn_like(h)  # a state away from the initial one
-        c = torch.randn_like(c)
-        new_h, new_c, alpha = model.step(x, projected, model.word_gates(embedded), h, c)
+        state = model.start(features)
+        x, projected = state.x, state.projected
+        h = state.h + torch.randn_like(state.h)  # a state away from the initial one
+        c = torch.randn_like(state.c)
+        new_h, new_c, context, alpha = model.step(x, projected, model.input_gates(embedded, state), h, c)
 
+        # Show, Attend and Tell: attend with the previous h, then the cell reads [word; gated context]
         hidden = model.hidden_projection(h)  # (B, A + E)
-        context, reference_alpha = model.attention(x, projected, hidden[:, :A])
-        gated = torch.sigmoid(hidden[:, A:]) * context  # (B, E)
+        raw_context, reference_alpha = model.attention(x, projected, hidden[:, :A])
+        gated = torch.sigmoid(hidden[:, A:]) * raw_context  # (B, E)
         reference_h, reference_c = cell(torch.cat([embedded, gated], dim=1), (h, c))
+        logits = model.read_out(context, new_h)
 
     torch.testing.assert_close(new_h, reference_h)
     torch.testing.assert_close(new_c, reference_c)
     torch.testing.assert_close(alpha, reference_alpha)
+    torch.testing.assert_close(context, gated)
     # the attention context is the alpha-weighted sum of the (standardised) region features
-    torch.testing.assert_close(context, (reference_alpha.unsqueeze(2) * x).sum(dim=1))
+    torch.testing.assert_close(raw_context, (reference_alpha.unsqueeze(2) * x).sum(dim=1))
+    torch.testing.assert_close(logits, model.output(new_h))  # the word is read from h alone
+
+
+def test_spatial_step_equals_lstm_cell_on_embedding_and_image_then_attention_with_the_new_state():
+    model = make_model(architecture="spatial")
+    torch.manual_seed(5)
+    cell = torch.nn.LSTMCell(D + E, H)
+    with torch.no_grad():
+        cell.bias_hh.normal_()
+        model.word_gates.weight.copy_(cell.weight_ih[:, :D])
+        model.word_gates.bias.copy_(cell.bias_ih + cell.bias_hh)
+        model.image_gates.weight.copy_(cell.weight_ih[:, D:])
+        model.recurrent_gates.weight.copy_(cell.weight_hh)
+
+    features = make_features(3)
+    embedded = torch.randn(3, D)
+    with torch.no_grad():
+        state = model.start(features)
+        x, projected = state.x, state.projected
+        h = state.h + torch.randn_like(state.h)
+        c = torch.randn_like(state.c)
+        new_h, new_c, context, alpha = model.step(x, projected, model.input_gates(embedded, state), h, c)
+
+        # Lu et al.: the cell reads [word; mean image feature], then attention is queried with the NEW h
+        reference_h, reference_c = cell(torch.cat([embedded, x.mean(dim=1)], dim=1), (h, c))
+        hidden = model.hidden_projection(reference_h)
+        raw_context, reference_alpha = model.attention(x, projected, hidden[:, :A])
+        gated = torch.sigmoid(hidden[:, A:]) * raw_context
+        logits = model.read_out(context, new_h)
+        reference_logits = model.output(reference_h + torch.tanh(model.context_output(gated)))
+
+    torch.testing.assert_close(new_h, reference_h)
+    torch.testing.assert_close(new_c, reference_c)
+    torch.testing.assert_close(alpha, reference_alpha)
+    torch.testing.assert_close(context, gated)
+    torch.testing.assert_close(logits, reference_logits)  # the word is read from context + new h
+
+
+def test_unknown_architecture_is_refused():
+    with pytest.raises(ValueError, match="unknown decoder architecture 'transformer'"):
+        make_model(architecture="transformer")
 
 
 # ----------------------------------------------------------------------------------------------

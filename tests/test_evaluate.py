@@ -51,11 +51,16 @@ def test_evaluate_stage_writes_metrics_that_match_its_predictions(trained_projec
     assert metrics["beam_size"] == 2 and metrics["checkpoint_epoch"] >= 1
     assert 0.0 <= metrics["greedy_bleu4"] <= 1.0 and metrics["cider"] >= 0.0
 
-    # attention correctness counts every colour and shape word of the captions
+    # attention correctness scores each colour and shape word that names something in its own image;
+    # the other colour and shape words (of any image of the dataset) are counted as hallucinated
     objects = json.loads((trained_project / "data/shapes/objects.json").read_text())
-    named = {o[kind] for p in predictions for o in objects[p["image"]] for kind in ("colour", "shape")}
-    counted = sum(word in named for p in predictions for word in p["caption"].split())
-    assert metrics["attention_words"] == counted > 0
+    words = {o[kind] for boxes in objects.values() for o in boxes for kind in ("colour", "shape")}
+    present = sum(word in {o[kind] for o in objects[p["image"]] for kind in ("colour", "shape")}
+                  for p in predictions for word in p["caption"].split())
+    spoken = sum(word in words for p in predictions for word in p["caption"].split())
+    assert metrics["attention_words"] == present > 0
+    assert metrics["hallucinated_words"] == spoken - present
+    assert metrics["hallucination_rate"] == pytest.approx((spoken - present) / spoken)
     assert 0.0 <= metrics["attention_correctness"] <= 1.0
 
     figures = sorted((trained_project / "data/evaluate/attention").glob("*.png"))

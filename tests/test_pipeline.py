@@ -19,6 +19,8 @@ import pytest
 from tests.conftest import TINY_PARAMS, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
+# the default architecture end to end here (the other tiny-project tests train sat, see TINY_PARAMS)
+SPATIAL = {"model": {"architecture": "spatial"}}
 TRACKED = ["pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
 
 def run(command: list[str], cwd: Path) -> str:
@@ -47,7 +49,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             (copy / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, copy / item)
-    write_params(copy, tiny=True)
+    write_params(copy, SPATIAL, tiny=True)
     run(["git", "init", "-q"], copy)
     run(["git", "add", "-A"], copy)
     run(["git", "commit", "-qm", "tiny copy"], copy)
@@ -97,11 +99,11 @@ def test_second_repro_runs_nothing(project: Path, first_run: str) -> None:
 
 
 def test_train_param_change_reruns_train_and_evaluate_only(project: Path, first_run: str) -> None:
-    write_params(project, {"train": {"lr": 0.02, "epochs": 2}}, tiny=True)  # 2 epochs: cheaper
+    write_params(project, {**SPATIAL, "train": {"lr": 0.02, "epochs": 2}}, tiny=True)  # 2 epochs: cheaper
     assert stages_run(run(["dvc", "repro"], project)) == {"train", "evaluate", "retrieval"}
 
 
 def test_encoder_param_change_reruns_features_onwards(project: Path, first_run: str) -> None:
-    write_params(project, {"train": {"lr": 0.02, "epochs": 2}, "encoder": {"dtype": "float32"}}, tiny=True)
+    write_params(project, {**SPATIAL, "train": {"lr": 0.02, "epochs": 2}, "encoder": {"dtype": "float32"}}, tiny=True)
     assert stages_run(run(["dvc", "repro"], project)) == {"features", "train", "evaluate", "retrieval"}
     assert stages_run(run(["dvc", "repro"], project)) == set()

@@ -110,7 +110,9 @@ class ImageOnlyDecoder(nn.Module):
         return DecoderState(x, x, zeros, zeros)
 
     def advance(self, state: DecoderState, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
-        return F.log_softmax(state.x[:, 0], dim=1), state.x[:, :, 0], state
+        # K caption rows per image row (rows laid out (images, beams)), as DecoderState defines them
+        rows = state.x.repeat_interleave(state.beams, dim=0)
+        return F.log_softmax(rows[:, 0], dim=1), rows[:, :, 0], state
 
 
 def distribution(**probabilities: float) -> list[float]:

@@ -9,10 +9,11 @@ from pipeline.model.decoder import CaptionDecoder, DecoderConfig
 # tiny dimensions: V vocab, D embedding, E encoder, A attention, H hidden, P regions
 V, D, E, A, H, P = 12, 8, 16, 8, 16, 4
 PAD, START, END, UNK = 0, 1, 2, 3  # the order of pipeline.text.SPECIAL_TOKENS
+ARCHITECTURE = "sat"  # make_model's default (its random models are tuned for it); see each_architecture
 
 
 def make_model(seed: int = 0, dropout: float = 0.0, end_bias: float | None = None,
-               sharpness: float = 1.0) -> CaptionDecoder:
+               sharpness: float = 1.0, architecture: str | None = None) -> CaptionDecoder:
     """A tiny decoder in eval mode.
 
     `sharpness` scales the output weights: a fresh model's next-word distribution is nearly
@@ -21,7 +22,8 @@ def make_model(seed: int = 0, dropout: float = 0.0, end_bias: float | None = Non
     """
     torch.manual_seed(seed)
     model = CaptionDecoder(DecoderConfig(vocab_size=V, embed_dim=D, encoder_dim=E, attention_dim=A,
-                                         decoder_dim=H, dropout=dropout, pad_index=PAD))
+                                         decoder_dim=H, dropout=dropout, pad_index=PAD,
+                                         architecture=architecture or ARCHITECTURE))
     with torch.no_grad():
         model.output.weight.mul_(sharpness)
         if end_bias is not None:

@@ -1,5 +1,6 @@
 """Attention correctness on the shapes demo: does the attention peak of a colour or shape word fall
-inside the box of an object of that colour or shape?"""
+inside the box of an object of that colour or shape? And how often does a caption name a colour or
+shape that is not in the image?"""
 from __future__ import annotations
 
 import json
@@ -22,31 +23,55 @@ def peak_point(alpha: torch.Tensor, width: float, height: float) -> tuple[float,
 
 
 def attention_correctness(captions: dict[str, Caption], objects: dict[str, list[dict]],
-                          image_sizes: dict[str, tuple[int, int]]) -> dict[str, float]:
-    """Fraction of colour/shape words whose attention peak falls inside an object of that colour/shape."""
-    colours = {o["colour"] for boxes in objects.values() for o in boxes}
-    shapes = {o["shape"] for boxes in objects.values() for o in boxes}
+                          image_sizes: dict[str, tuple[int, int]],
+                          words: tuple[set[str], set[str]] | None = None) -> dict[str, float]:
+    """Of the colour and shape words that name an object in the image, the fraction whose attention peak
+    falls inside the box of an object of that colour or shape.
+
+    A colour or shape word that no object in the image has (`a red square` over a red circle) names
+    nothing, so there is no right place for its attention: as in the attention-correctness literature
+    (Liu et al., 2017, score only words with a ground-truth region), it is left out of the score and
+    counted instead as a hallucinated word (the share of such words is CHAIR-i, Rohrbach et al., 2018).
+    Wrong words are already what BLEU and CIDEr measure; the two figures together say both how often
+    the decoder names what is there and whether it looks at what it names. `words` is the
+    (colours, shapes) vocabulary of the whole dataset (`object_words`); by default, those of `objects`.
+    """
+    colours, shapes = words or object_words(objects)
     hits = {"colour": 0, "shape": 0}
     totals = {"colour": 0, "shape": 0}
-    per_image = np.zeros((len(captions), 2))  # (images, [hits, words])
+    hallucinated = {"colour": 0, "shape": 0}
+    per_image = np.zeros((len(captions), 2))  # (images, [hits, scored words])
     for i, (name, caption) in enumerate(captions.items()):
         width, height = image_sizes[name]
         for word, alpha in zip(caption.words, caption.attention):
             kind = "colour" if word in colours else "shape" if word in shapes else None
             if kind is None:
                 continue
+            named = [o for o in objects[name] if o[kind] == word]
+            if not named:
+                hallucinated[kind] += 1
+                continue
             x, y = peak_point(alpha, width, height)
-            hit = any(o[kind] == word and o["box"][0] <= x < o["box"][2] and o["box"][1] <= y < o["box"][3]
-                      for o in objects[name])
+            hit = any(o["box"][0] <= x < o["box"][2] and o["box"][1] <= y < o["box"][3] for o in named)
             totals[kind] += 1
             hits[kind] += hit
             per_image[i] += (hit, 1)
-    total = sum(totals.values())
+    total, wrong = sum(totals.values()), sum(hallucinated.values())
     return {"attention_correctness": sum(hits.values()) / total if total else 0.0,
             "attention_correctness_std": bootstrap_std(per_image),
             "attention_correctness_colour": hits["colour"] / max(totals["colour"], 1),
             "attention_correctness_shape": hits["shape"] / max(totals["shape"], 1),
-            "attention_words": total}
+            "attention_words": total,
+            "hallucinated_words": wrong,
+            "hallucination_rate": wrong / max(total + wrong, 1),
+            "hallucination_rate_colour": hallucinated["colour"] / max(totals["colour"] + hallucinated["colour"], 1),
+            "hallucination_rate_shape": hallucinated["shape"] / max(totals["shape"] + hallucinated["shape"], 1)}
+
+
+def object_words(objects: dict[str, list[dict]]) -> tuple[set[str], set[str]]:
+    """The colour words and the shape words of all these objects."""
+    return ({o["colour"] for boxes in objects.values() for o in boxes},
+            {o["shape"] for boxes in objects.values() for o in boxes})
 
 
 def bootstrap_std(per_image: np.ndarray, resamples: int = 1000, seed: int = 0) -> float:
@@ -62,8 +87,9 @@ def bootstrap_std(per_image: np.ndarray, resamples: int = 1000, seed: int = 0) -
     return float(rates.std())
 
 
-def load_objects(path: Path, names: Sequence[str]) -> dict[str, list[dict]]:
-    """Object boxes of the named images from the shapes demo's objects.json."""
+def load_objects(path: Path, names: Sequence[str]) -> tuple[dict[str, list[dict]], tuple[set[str], set[str]]]:
+    """Object boxes of the named images from the shapes demo's objects.json, and the colour and shape
+    words of the whole file (a word that no evaluated image has is still a colour or shape word)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: object boxes not found (params.yaml evaluate.objects); "
                                 "set evaluate.objects to null for datasets without boxes")
@@ -72,4 +98,4 @@ def load_objects(path: Path, names: Sequence[str]) -> dict[str, list[dict]]:
     if missing:
         raise KeyError(f"{path} has no boxes for {len(missing)} evaluated images (first: {missing[0]}); "
                        "it does not belong to this dataset: set evaluate.objects to null")
-    return {n: objects[n] for n in names}
+    return {n: objects[n] for n in names}, object_words(objects)

@@ -1,4 +1,15 @@
-"""Show, Attend and Tell: an LSTM decoder with soft attention over cached CNN region features.
+"""An LSTM decoder with soft attention over cached CNN region features, in two architectures.
+
+- `spatial` (the default for new models): the spatial attention of Lu et al., "Knowing When to
+  Look" (CVPR 2017). The LSTM reads the word and the whole image (its mean feature); attention is
+  queried with the NEW state h_t, and the word is read out from context_t + h_t. The context that
+  names a word is the one attended while choosing it, so the attention of `circle` must find the
+  circle: on the shapes demo its attention lands on the named object markedly more often than
+  Show, Attend and Tell's (docs/demo.md), and the step's recurrent product is 5x smaller.
+- `sat`: Show, Attend and Tell (Xu et al., ICML 2015), as in the reference tutorials: attention is
+  queried with the PREVIOUS state h_{t-1}, its gated context is LSTM input, and the word is read
+  out from h_t alone. Kept for comparison with those implementations and for older checkpoints
+  (a stored config without `architecture` is this one).
 
 Dimension names, used in every shape comment:
     B batch, P regions (49 for a 7x7 grid), E encoder feature size (2048), A attention size,
@@ -29,6 +40,7 @@ class DecoderConfig:
     dropout: float = 0.5
     pad_index: int = 0
     max_caption_length: int = 30  # words: training captions are cut here, decoding stops here
+    architecture: str = "sat"  # sat | spatial (see the module docstring); checkpoints without it are sat
 
 
 PER_IMAGE = {"per": "image"}  # DecoderState field metadata: one row per image, shared by its beams
@@ -50,6 +62,8 @@ class DecoderState:
     projected: torch.Tensor = dataclasses.field(metadata=PER_IMAGE)  # (N, P, A) their attention projection
     h: torch.Tensor  # (N*K, H)
     c: torch.Tensor  # (N*K, H)
+    # (N, 4H) the whole image's part of every step's LSTM input (spatial); None for sat
+    image_gates: torch.Tensor | None = dataclasses.field(default=None, metadata=PER_IMAGE)
 
     @property
     def beams(self) -> int:
@@ -116,18 +130,26 @@ class Attention(nn.Module):
         return context.flatten(0, 1), alpha.flatten(0, 1)  # (N*K, E), (N*K, P)
 
 
-class CaptionDecoder(nn.Module):
-    """LSTM decoder whose input at each step is [word embedding; gated attention context].
+ARCHITECTURES = ("spatial", "sat")
 
-    The LSTM cell is written out so that the three matrix products of a step become two:
-    the embedding part of the input is projected for all steps at once before the loop
-    (teacher forcing knows every input word), and [context; h] -> gates is one product.
-    This is the same function as `nn.LSTMCell(D + E, H)`.
+
+class CaptionDecoder(nn.Module):
+    """LSTM decoder with soft attention, `spatial` or `sat` (module docstring).
+
+    The LSTM cell is written out so that each step has as few matrix products as possible: the
+    embedding part of the input (and, for spatial, the image part) is projected for all steps at
+    once before the loop (teacher forcing knows every input word), the per-step rest is one product
+    ([context; h] for sat, h for spatial), and the output layer runs once after the loop. sat is the
+    same function as `nn.LSTMCell(D + E, H)` with attention before it.
     """
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
+        if config.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown decoder architecture {config.architecture!r}; "
+                             f"expected one of {', '.join(ARCHITECTURES)}")
         self.config = config
+        self.spatial = config.architecture == "spatial"
         E, A, H, D, V = (config.encoder_dim, config.attention_dim, config.decoder_dim,
                          config.embed_dim, config.vocab_size)
         # per-channel standardisation of the features, set from the training split
@@ -141,7 +163,12 @@ class CaptionDecoder(nn.Module):
         # h -> [attention projection (A); context gate (E)] in one product
         self.hidden_projection = nn.Linear(H, A + E)
         self.word_gates = nn.Linear(D, 4 * H)  # embedding part of the LSTM input
-        self.recurrent_gates = nn.Linear(E + H, 4 * H, bias=False)  # [context; h] part
+        if self.spatial:
+            self.image_gates = nn.Linear(E, 4 * H, bias=False)  # mean-feature part, once per image
+            self.recurrent_gates = nn.Linear(H, 4 * H, bias=False)  # h part
+            self.context_output = nn.Linear(E, H)  # the context's part of what the output layer reads
+        else:
+            self.recurrent_gates = nn.Linear(E + H, 4 * H, bias=False)  # [context; h] part
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(H, V)
 
@@ -152,25 +179,55 @@ class CaptionDecoder(nn.Module):
         self.feature_mean.copy_(mean)
         self.feature_std.copy_(std.clamp_min(1e-6))
 
-    def prepare_features(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Standardise, project once for attention, and build the initial LSTM state."""
+    def start(self, features: torch.Tensor) -> DecoderState:
+        """The state before the first word, for features (B, P, E): standardised, projected once for
+        attention, the initial LSTM state, and (spatial) the image's part of the LSTM input."""
         x = (features.float() - self.feature_mean) / self.feature_std  # (B, P, E)
         projected = self.encoder_projection(x)  # (B, P, A)
         mean = x.mean(dim=1)  # (B, E)
-        return x, projected, torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))  # ..., (B, H), (B, H)
+        image_gates = self.image_gates(mean) if self.spatial else None  # (B, 4H)
+        return DecoderState(x, projected, torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), image_gates)
 
-    def step(self, x: torch.Tensor, projected: torch.Tensor, word_gates: torch.Tensor,
-             h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One decoder step: attend with h, gate the context, update the LSTM state."""
+    def input_gates(self, embedded: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """The LSTM gates' input part, (B, 4H) from embedded words (B, D), or (B, T, 4H) from (B, T, D)."""
+        gates = self.word_gates(embedded)
+        if state.image_gates is None:
+            return gates
+        if embedded.dim() == 3:  # teacher forcing: one row per image
+            return gates + state.image_gates.unsqueeze(1)
+        images = state.image_gates.size(0)  # decoding: K rows (beams) per image, laid out (images, beams)
+        return (gates.unflatten(0, (images, -1)) + state.image_gates.unsqueeze(1)).flatten(0, 1)
+
+    def lstm(self, gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LSTM cell's update from its summed gates (B, 4H): new (h, c)."""
+        i, f, g, o = gates.chunk(4, dim=1)  # 4 x (B, H)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # (B, H)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def attend(self, x: torch.Tensor, projected: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gated attention context (B, E) and weights (B, P) of the regions, queried with h (B, H)."""
         A = self.config.attention_dim
         hidden = self.hidden_projection(h)  # (B, A + E)
         context, alpha = self.attention(x, projected, hidden[:, :A])  # (B, E), (B, P)
-        context = torch.sigmoid(hidden[:, A:]) * context  # (B, E)
-        gates = word_gates + self.recurrent_gates(torch.cat([context, h], dim=1))  # (B, 4H)
-        i, f, g, o = gates.chunk(4, dim=1)  # 4 x (B, H)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # (B, H)
-        h = torch.sigmoid(o) * torch.tanh(c)  # (B, H)
-        return h, c, alpha
+        return torch.sigmoid(hidden[:, A:]) * context, alpha
+
+    def read_out(self, context: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) of the next word from the step's context (..., E) and new state (..., H)."""
+        if self.spatial:  # Lu et al.: W_p (c_t + h_t), the E-wide context brought to H first
+            return self.output(self.dropout(h + torch.tanh(self.context_output(context))))
+        return self.output(self.dropout(h))
+
+    def step(self, x: torch.Tensor, projected: torch.Tensor, input_gates: torch.Tensor,
+             h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One decoder step from the state (h, c) and this step's `input_gates` (B, 4H): new h, c, and the
+        attention context (B, E) and weights (B, P) that go with the word this step predicts."""
+        if self.spatial:  # update with the word, then look with the new state
+            h, c = self.lstm(input_gates + self.recurrent_gates(h), c)
+            context, alpha = self.attend(x, projected, h)
+        else:  # look with the previous state, then update with the word and what was seen
+            context, alpha = self.attend(x, projected, h)
+            h, c = self.lstm(input_gates + self.recurrent_gates(torch.cat([context, h], dim=1)), c)
+        return h, c, context, alpha
 
     # -- training ---------------------------------------------------------------------------
 
@@ -179,29 +236,31 @@ class CaptionDecoder(nn.Module):
 
         Returns logits (B, T-1, V) predicting captions[:, 1:], and attention (B, T-1, P).
         """
-        x, projected, h, c = self.prepare_features(features)
-        word_gates = self.word_gates(self.embedding(captions[:, :-1]))  # (B, T-1, 4H)
-        hiddens, alphas = [], []
-        for t in range(captions.size(1) - 1):
-            h, c, alpha = self.step(x, projected, word_gates[:, t], h, c)
+        state = self.start(features)
+        x, projected, h, c = state.x, state.projected, state.h, state.c
+        gates = self.input_gates(self.embedding(captions[:, :-1]), state)  # (B, T-1, 4H)
+        hiddens, contexts, alphas = [], [], []
+        # unbind, not gates[:, t]: the gradient of an indexed step fills a zero (B, T-1, 4H) tensor
+        # per step (quadratic in T); unbind's is one stack
+        for step_gates in gates.unbind(1):
+            h, c, context, alpha = self.step(x, projected, step_gates, h, c)
             hiddens.append(h)
             alphas.append(alpha)
+            if self.spatial:
+                contexts.append(context)
         hidden = torch.stack(hiddens, dim=1)  # (B, T-1, H)
-        logits = self.output(self.dropout(hidden))  # (B, T-1, V): one product after the loop
+        # the output layer once after the loop, for every step together
+        logits = self.read_out(torch.stack(contexts, dim=1) if self.spatial else None, hidden)  # (B, T-1, V)
         return logits, torch.stack(alphas, dim=1)  # ..., (B, T-1, P)
 
     # -- decoding: the interface beam search drives ------------------------------------------
 
-    def start(self, features: torch.Tensor) -> DecoderState:
-        """The state before the first word, for features (B, P, E)."""
-        x, projected, h, c = self.prepare_features(features)
-        return DecoderState(x, projected, h, c)
-
     def advance(self, state: DecoderState, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
         """Feed words (B,): log-probabilities of the next word (B, V) in float32, attention (B, P), new state."""
-        h, c, alpha = self.step(state.x, state.projected, self.word_gates(self.embedding(words)), state.h, state.c)
-        log_probs = F.log_softmax(self.output(h).float(), dim=1)  # (B, V)
-        return log_probs, alpha, DecoderState(state.x, state.projected, h, c)
+        h, c, context, alpha = self.step(state.x, state.projected, self.input_gates(self.embedding(words), state),
+                                         state.h, state.c)
+        log_probs = F.log_softmax(self.read_out(context, h).float(), dim=1)  # (B, V)
+        return log_probs, alpha, dataclasses.replace(state, h=h, c=c)
 
 
 def caption_loss(logits: torch.Tensor, targets: torch.Tensor, alphas: torch.Tensor, pad_index: int,

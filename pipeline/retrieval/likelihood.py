@@ -24,12 +24,13 @@ Two corrections of the raw score (combined by `corrected`):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from pipeline.model.decoder import CaptionDecoder, DecoderState
+from pipeline.model.decoder import CaptionDecoder
 from pipeline.text import Vocabulary, normalise, tokenize
 
 FeaturesOf = Callable[[np.ndarray], torch.Tensor]  # image rows (U,) -> features (U, P, E)
@@ -90,9 +91,7 @@ def log_likelihood(model: CaptionDecoder, features: torch.Tensor, tokens: torch.
         # the next state depends on the prefix's state and the word fed: compute each distinct pair once
         keys = torch.stack([node[live], tokens[live, t - 1]], dim=1)  # (L, 2)
         unique, inverse = torch.unique(keys, dim=0, return_inverse=True)  # (U, 2), (L,)
-        rows = len(unique)
-        state = DecoderState(start.x.expand(rows, -1, -1), start.projected.expand(rows, -1, -1),
-                             h[unique[:, 0]], c[unique[:, 0]])
+        state = dataclasses.replace(start, h=h[unique[:, 0]], c=c[unique[:, 0]])  # one image, U rows of it
         log_probs, _, state = model.advance(state, unique[:, 1])  # (U, V)
         h, c = state.h, state.c
         total[live] += log_probs[inverse, target[live]]

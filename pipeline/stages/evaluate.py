@@ -74,12 +74,12 @@ def main() -> None:
     metrics.update(images=len(names), beam_size=config.beam_size, checkpoint_epoch=int(payload.get("epoch", 0)))
     images_dir = Path(dataset.images)
     if config.objects:
-        objects = load_objects(Path(config.objects), names)
+        objects, words = load_objects(Path(config.objects), names)
         sizes = {}
         for n in names:
             with Image.open(images_dir / n) as image:
                 sizes[n] = image.size  # (width, height): boxes are in the original image's pixels
-        metrics.update(attention_correctness(beam, objects, sizes))
+        metrics.update(attention_correctness(beam, objects, sizes, words))
 
     predictions = [{"image": n, "caption": hypotheses[n], "greedy": greedy[n].text,
                     "references": references[n]} for n in names]

@@ -33,7 +33,7 @@ def build_model(vocabulary: Vocabulary, embeddings: torch.Tensor, feature_dim: i
     model = CaptionDecoder(DecoderConfig(
         vocab_size=len(vocabulary), embed_dim=embeddings.size(1), encoder_dim=feature_dim,
         attention_dim=config.attention_dim, decoder_dim=config.decoder_dim, dropout=config.dropout,
-        pad_index=vocabulary.pad, max_caption_length=config.max_caption_length))
+        pad_index=vocabulary.pad, max_caption_length=config.max_caption_length, architecture=config.architecture))
     with torch.no_grad():
         model.embedding.weight.copy_(embeddings)
     model.embedding.weight.requires_grad_(config.fine_tune_embeddings)
