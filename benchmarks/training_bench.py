@@ -5,7 +5,9 @@ layout) and M random captions of 8-16 words + END over a 10,000-word vocabulary 
 captions have ~12 words on average and ~7,000-10,000 words occur 5 times or more).
 
 - ours: `pipeline.training.loop.run_epoch` (length-bucketed batches, features from FeatureMatrix,
-  one attention projection per image) at fp32 and at `train.amp: auto` (bf16 where the CPU has it);
+  one attention projection per image) at fp32 and at `train.amp: auto` (bf16 where the CPU has it),
+  with the `sat` decoder (the tutorial's maths, same weights) and with `spatial` (the default model:
+  same sizes, attention after the LSTM, a 5x smaller per-step recurrent product);
 - tutorial: benchmarks/tutorial.py (projection per step, fp32, per-item HDF5 reads through a
   Dataset); same batch size, same weights and maths;
 - streaming vs resident: ours (amp auto) with the features streamed (a memory cap below the cache's
@@ -16,6 +18,7 @@ Tokens are real targets (words + END). Run alone: python -m benchmarks.training_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from benchmarks.tutorial import END, PAD, START, E, P, TutorialCaptions, make_pa
 from pipeline.config import TrainConfig, load_section
 from pipeline.encoder.feature_cache import FeatureStore, create_layout
 from pipeline.encoder.feature_matrix import FeatureMatrix
+from pipeline.model.decoder import CaptionDecoder
 from pipeline.training.batches import EncodedCaptions, bucket_batches
 from pipeline.training.loop import run_epoch
 
@@ -90,25 +94,33 @@ def bench_training(num_images: int, num_captions: int, vocab_size: int, batch_si
         assert resident.resident and not streamed.resident
 
         ours, tutorial = make_pair(vocab_size, seed=0)
-        optimizers = {"ours": torch.optim.Adam(ours.parameters()), "tutorial": torch.optim.Adam(tutorial.parameters())}
+        spatial = CaptionDecoder(dataclasses.replace(ours.config, architecture="spatial"))
+        optimizers = {"ours": torch.optim.Adam(ours.parameters()), "tutorial": torch.optim.Adam(tutorial.parameters()),
+                      "spatial": torch.optim.Adam(spatial.parameters())}
         data = TutorialCaptions(str(cache), captions.image_rows, captions.tokens, captions.lengths)
         configs = {amp: train_config(batch_size, amp) for amp in ("fp32", "auto")}
         variants = {
             "ours fp32": lambda: ours_epoch(ours, optimizers["ours"], resident, captions, configs["fp32"], 0),
             "ours auto": lambda: ours_epoch(ours, optimizers["ours"], resident, captions, configs["auto"], 0),
             "ours auto, streamed": lambda: ours_epoch(ours, optimizers["ours"], streamed, captions, configs["auto"], 0),
+            "ours spatial fp32": lambda: ours_epoch(spatial, optimizers["spatial"], resident, captions,
+                                                    configs["fp32"], 0),
+            "ours spatial auto": lambda: ours_epoch(spatial, optimizers["spatial"], resident, captions,
+                                                    configs["auto"], 0),
             "tutorial": lambda: tutorial_epoch(tutorial, optimizers["tutorial"], data, batch_size, 0),
         }
         # warm-up: Adam's state, the kernels' first calls, one batch each
         ours_epoch(ours, optimizers["ours"], resident, warm, configs["auto"], 0)
         ours_epoch(ours, optimizers["ours"], resident, warm, configs["fp32"], 0)
+        ours_epoch(spatial, optimizers["spatial"], resident, warm, configs["auto"], 0)
+        ours_epoch(spatial, optimizers["spatial"], resident, warm, configs["fp32"], 0)
         tutorial_epoch(tutorial, optimizers["tutorial"], TutorialCaptions(str(cache), warm.image_rows, warm.tokens,
                                                                           warm.lengths), batch_size, 0)
         timings: Timings = time_variants(variants, repeats)
         streamed.close()
     tokens = int((captions.lengths - 1).sum())
     rows = []
-    for name in ("ours fp32", "ours auto", "tutorial"):
+    for name in ("ours fp32", "ours auto", "ours spatial fp32", "ours spatial auto", "tutorial"):
         rate = tokens / timings.median(name)
         rows.append({"variant": name, "tokens/s": rate, "epoch s": timings.median(name),
                      "flickr30k epoch min": FLICKR30K_TRAIN_TOKENS / rate / 60,

@@ -174,6 +174,7 @@ class TrainConfig(Section):
     early_stopping: Literal["cider", "bleu4", "loss"]  # on the validation split
     num_samples: int = Field(ge=0, le=1000)  # sample captions logged every epoch
     amp: Literal["auto", "fp32", "bf16", "fp16"]  # not "off": YAML reads an unquoted off as false
+    compile: Literal["auto", "always", "never"]  # torch.compile the decoder step (auto: on CUDA)
     device: Device
     seed: int = Field(ge=0)
     resume: bool

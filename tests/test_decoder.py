@@ -222,13 +222,13 @@ def test_spatial_step_equals_lstm_cell_on_embedding_and_image_then_attention_wit
         raw_context, reference_alpha = model.attention(x, projected, hidden[:, :A])
         gated = torch.sigmoid(hidden[:, A:]) * raw_context
         logits = model.read_out(context, new_h)
-        reference_logits = model.output(reference_h + torch.tanh(model.context_output(gated)))
+        reference_logits = model.output(torch.tanh(model.combine(torch.cat([gated, reference_h], dim=1))))
 
     torch.testing.assert_close(new_h, reference_h)
     torch.testing.assert_close(new_c, reference_c)
     torch.testing.assert_close(alpha, reference_alpha)
     torch.testing.assert_close(context, gated)
-    torch.testing.assert_close(logits, reference_logits)  # the word is read from context + new h
+    torch.testing.assert_close(logits, reference_logits)  # the word is read from [context; new h]
 
 
 def test_unknown_architecture_is_refused():

@@ -56,6 +56,7 @@ from pipeline.runtime import (
 )
 from pipeline.text import Vocabulary
 from pipeline.training.batches import bucket_batches, encode_captions
+from pipeline.training.compiled import compile_decoder
 from pipeline.training.epoch_log import EpochLog
 from pipeline.training.loop import build_model, load_embeddings, run_epoch
 from pipeline.training.precision import autocast_for
@@ -147,6 +148,8 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
         say(f"train: resuming from {last_path} after epoch {state['epoch']}")
     else:
         say(f"train: starting afresh ({reason})")
+    if compile_decoder(model, device, config.compile):  # same results (tests/test_speed_compiled.py), fewer launches
+        say("train: decoder step compiled with torch.compile (train.compile)")
     network = model
     if world_size > 1:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -11,8 +11,9 @@ graph would be unrolled, and recompiled, for each length).
     compile_decoder(model, device, "auto")   # before DistributedDataParallel and the first batch
 
 `auto` compiles on CUDA only: on a CPU the step's time goes to its matrix products, which
-compiling does not change, and the first compile takes minutes there. `on` compiles on any device,
-`off` never. `mode` is passed to torch.compile ("reduce-overhead" adds CUDA graphs).
+compiling does not change, and the first compile takes minutes there. `always` compiles on any
+device, `never` never. The train stage reads the setting from `train.compile`. `mode` is passed to
+torch.compile ("reduce-overhead" adds CUDA graphs).
 
 The compiled step replaces `model.step` on that instance only: the weights, `state_dict()` and
 checkpoints are unchanged, `forward` and beam search's `advance` pick it up, and `restore(model)`
@@ -27,15 +28,15 @@ import torch
 
 from pipeline.model.decoder import CaptionDecoder
 
-Setting = Literal["auto", "on", "off"]
-SETTINGS = ("auto", "on", "off")
+Setting = Literal["auto", "always", "never"]  # not on/off: YAML reads those unquoted as booleans
+SETTINGS = ("auto", "always", "never")
 
 
 def compile_wanted(setting: str, device: torch.device) -> bool:
-    """Whether `setting` (auto | on | off) compiles the step on `device`: auto means on CUDA only."""
+    """Whether `setting` (auto | always | never) compiles the step on `device`: auto means on CUDA only."""
     if setting not in SETTINGS:
         raise ValueError(f"compile setting {setting!r} is not one of {', '.join(SETTINGS)}")
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    return setting == "always" or (setting == "auto" and device.type == "cuda")
 
 
 def compile_decoder(model: CaptionDecoder, device: torch.device, setting: str = "auto", backend: str = "inductor",
