@@ -43,10 +43,6 @@ def test_prepare_features_shapes_and_standardisation():
     torch.testing.assert_close(x, (features.float() - mean) / std)
     torch.testing.assert_close(projected, model.encoder_projection(x))
     torch.testing.assert_close(h, torch.tanh(model.init_h(x.mean(dim=1))))
-    if model.spatial:  # the whole image's part of the LSTM input, once per image
-        torch.testing.assert_close(state.image_gates, model.image_gates(x.mean(dim=1)))
-    else:
-        assert state.image_gates is None
 
 
 def test_feature_std_is_clamped_away_from_zero():
@@ -178,7 +174,7 @@ def test_sat_step_equals_lstm_cell_on_embedding_and_gated_context():
         x, projected = state.x, state.projected
         h = state.h + torch.randn_like(state.h)  # a state away from the initial one
         c = torch.randn_like(state.c)
-        new_h, new_c, context, alpha = model.step(x, projected, model.input_gates(embedded, state), h, c)
+        new_h, new_c, context, alpha = model.step(x, projected, model.word_gates(embedded), h, c)
 
         # Show, Attend and Tell: attend with the previous h, then the cell reads [word; gated context]
         hidden = model.hidden_projection(h)  # (B, A + E)
@@ -196,15 +192,14 @@ def test_sat_step_equals_lstm_cell_on_embedding_and_gated_context():
     torch.testing.assert_close(logits, model.output(new_h))  # the word is read from h alone
 
 
-def test_spatial_step_equals_lstm_cell_on_embedding_and_image_then_attention_with_the_new_state():
+def test_spatial_step_equals_lstm_cell_on_the_word_then_attention_with_the_new_state():
     model = make_model(architecture="spatial")
     torch.manual_seed(5)
-    cell = torch.nn.LSTMCell(D + E, H)
+    cell = torch.nn.LSTMCell(D, H)
     with torch.no_grad():
         cell.bias_hh.normal_()
-        model.word_gates.weight.copy_(cell.weight_ih[:, :D])
+        model.word_gates.weight.copy_(cell.weight_ih)
         model.word_gates.bias.copy_(cell.bias_ih + cell.bias_hh)
-        model.image_gates.weight.copy_(cell.weight_ih[:, D:])
         model.recurrent_gates.weight.copy_(cell.weight_hh)
 
     features = make_features(3)
@@ -214,10 +209,11 @@ def test_spatial_step_equals_lstm_cell_on_embedding_and_image_then_attention_wit
         x, projected = state.x, state.projected
         h = state.h + torch.randn_like(state.h)
         c = torch.randn_like(state.c)
-        new_h, new_c, context, alpha = model.step(x, projected, model.input_gates(embedded, state), h, c)
+        new_h, new_c, context, alpha = model.step(x, projected, model.word_gates(embedded), h, c)
 
-        # Lu et al.: the cell reads [word; mean image feature], then attention is queried with the NEW h
-        reference_h, reference_c = cell(torch.cat([embedded, x.mean(dim=1)], dim=1), (h, c))
+        # the cell reads the word alone (the image reaches the words only through attention), then
+        # attention is queried with the NEW h
+        reference_h, reference_c = cell(embedded, (h, c))
         hidden = model.hidden_projection(reference_h)
         raw_context, reference_alpha = model.attention(x, projected, hidden[:, :A])
         gated = torch.sigmoid(hidden[:, A:]) * raw_context

@@ -1,12 +1,14 @@
 """An LSTM decoder with soft attention over cached CNN region features, in two architectures.
 
 - `spatial` (the default for new models): the spatial attention of Lu et al., "Knowing When to
-  Look" (CVPR 2017). The LSTM reads the word and the whole image (its mean feature); attention is
-  queried with the NEW state h_t, and the word is read out from tanh(W [context_t; h_t]). The
-  context that names a word is the one attended while choosing it, so the attention of `circle`
-  must find the circle: on the shapes demo its attention lands on the named object more often than
-  Show, Attend and Tell's (docs/demo.md), and the step's recurrent product is 5x smaller. (Lu et
-  al. read out W_p (c_t + h_t); adding them gave the demo's attention no reason to look: 0.26.)
+  Look" (CVPR 2017), with the image reaching the words only through attention: the LSTM reads
+  the word alone (its state starts from the mean feature), attention is queried with the NEW state
+  h_t, and the word is read out from tanh(W [context_t; h_t]). The context that names a word is
+  the one attended while choosing it, so the attention of `circle` must find the circle: on the
+  shapes demo its attention lands on the named object more often than Show, Attend and Tell's, and
+  the step's recurrent product is 5x smaller. Two variants were worse there (docs/demo.md): Lu et
+  al.'s mean image feature as LSTM input at every step (the words could be read from it, bypassing
+  attention) and their read-out W_p (c_t + h_t) (the state alone carried the caption).
 - `sat`: Show, Attend and Tell (Xu et al., ICML 2015), as in the reference tutorials: attention is
   queried with the PREVIOUS state h_{t-1}, its gated context is LSTM input, and the word is read
   out from h_t alone. Kept for comparison with those implementations and for older checkpoints
@@ -63,8 +65,6 @@ class DecoderState:
     projected: torch.Tensor = dataclasses.field(metadata=PER_IMAGE)  # (N, P, A) their attention projection
     h: torch.Tensor  # (N*K, H)
     c: torch.Tensor  # (N*K, H)
-    # (N, 4H) the whole image's part of every step's LSTM input (spatial); None for sat
-    image_gates: torch.Tensor | None = dataclasses.field(default=None, metadata=PER_IMAGE)
 
     @property
     def beams(self) -> int:
@@ -138,8 +138,8 @@ class CaptionDecoder(nn.Module):
     """LSTM decoder with soft attention, `spatial` or `sat` (module docstring).
 
     The LSTM cell is written out so that each step has as few matrix products as possible: the
-    embedding part of the input (and, for spatial, the image part) is projected for all steps at
-    once before the loop (teacher forcing knows every input word), the per-step rest is one product
+    embedding part of the input is projected for all steps at once before the loop (teacher forcing
+    knows every input word), the per-step rest is one product
     ([context; h] for sat, h for spatial), and the output layer runs once after the loop. sat is the
     same function as `nn.LSTMCell(D + E, H)` with attention before it.
     """
@@ -165,7 +165,6 @@ class CaptionDecoder(nn.Module):
         self.hidden_projection = nn.Linear(H, A + E)
         self.word_gates = nn.Linear(D, 4 * H)  # embedding part of the LSTM input
         if self.spatial:
-            self.image_gates = nn.Linear(E, 4 * H, bias=False)  # mean-feature part, once per image
             self.recurrent_gates = nn.Linear(H, 4 * H, bias=False)  # h part
             self.combine = nn.Linear(E + H, H)  # [context; h] -> what the output layer reads
         else:
@@ -182,22 +181,11 @@ class CaptionDecoder(nn.Module):
 
     def start(self, features: torch.Tensor) -> DecoderState:
         """The state before the first word, for features (B, P, E): standardised, projected once for
-        attention, the initial LSTM state, and (spatial) the image's part of the LSTM input."""
+        attention, and the initial LSTM state from the mean feature."""
         x = (features.float() - self.feature_mean) / self.feature_std  # (B, P, E)
         projected = self.encoder_projection(x)  # (B, P, A)
         mean = x.mean(dim=1)  # (B, E)
-        image_gates = self.image_gates(mean) if self.spatial else None  # (B, 4H)
-        return DecoderState(x, projected, torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), image_gates)
-
-    def input_gates(self, embedded: torch.Tensor, state: DecoderState) -> torch.Tensor:
-        """The LSTM gates' input part, (B, 4H) from embedded words (B, D), or (B, T, 4H) from (B, T, D)."""
-        gates = self.word_gates(embedded)
-        if state.image_gates is None:
-            return gates
-        if embedded.dim() == 3:  # teacher forcing: one row per image
-            return gates + state.image_gates.unsqueeze(1)
-        images = state.image_gates.size(0)  # decoding: K rows (beams) per image, laid out (images, beams)
-        return (gates.unflatten(0, (images, -1)) + state.image_gates.unsqueeze(1)).flatten(0, 1)
+        return DecoderState(x, projected, torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)))
 
     def lstm(self, gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The LSTM cell's update from its summed gates (B, 4H): new (h, c)."""
@@ -218,16 +206,16 @@ class CaptionDecoder(nn.Module):
             return self.output(self.dropout(torch.tanh(self.combine(torch.cat([context, h], dim=-1)))))
         return self.output(self.dropout(h))
 
-    def step(self, x: torch.Tensor, projected: torch.Tensor, input_gates: torch.Tensor,
+    def step(self, x: torch.Tensor, projected: torch.Tensor, word_gates: torch.Tensor,
              h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One decoder step from the state (h, c) and this step's `input_gates` (B, 4H): new h, c, and the
-        attention context (B, E) and weights (B, P) that go with the word this step predicts."""
+        """One decoder step from the state (h, c) and this step's word, projected to the gates (B, 4H):
+        new h, c, and the attention context (B, E) and weights (B, P) that go with the word it predicts."""
         if self.spatial:  # update with the word, then look with the new state
-            h, c = self.lstm(input_gates + self.recurrent_gates(h), c)
+            h, c = self.lstm(word_gates + self.recurrent_gates(h), c)
             context, alpha = self.attend(x, projected, h)
         else:  # look with the previous state, then update with the word and what was seen
             context, alpha = self.attend(x, projected, h)
-            h, c = self.lstm(input_gates + self.recurrent_gates(torch.cat([context, h], dim=1)), c)
+            h, c = self.lstm(word_gates + self.recurrent_gates(torch.cat([context, h], dim=1)), c)
         return h, c, context, alpha
 
     # -- training ---------------------------------------------------------------------------
@@ -239,7 +227,7 @@ class CaptionDecoder(nn.Module):
         """
         state = self.start(features)
         x, projected, h, c = state.x, state.projected, state.h, state.c
-        gates = self.input_gates(self.embedding(captions[:, :-1]), state)  # (B, T-1, 4H)
+        gates = self.word_gates(self.embedding(captions[:, :-1]))  # (B, T-1, 4H)
         hiddens, contexts, alphas = [], [], []
         # unbind, not gates[:, t]: the gradient of an indexed step fills a zero (B, T-1, 4H) tensor
         # per step (quadratic in T); unbind's is one stack
@@ -258,7 +246,7 @@ class CaptionDecoder(nn.Module):
 
     def advance(self, state: DecoderState, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
         """Feed words (B,): log-probabilities of the next word (B, V) in float32, attention (B, P), new state."""
-        h, c, context, alpha = self.step(state.x, state.projected, self.input_gates(self.embedding(words), state),
+        h, c, context, alpha = self.step(state.x, state.projected, self.word_gates(self.embedding(words)),
                                          state.h, state.c)
         log_probs = F.log_softmax(self.read_out(context, h).float(), dim=1)  # (B, V)
         return log_probs, alpha, dataclasses.replace(state, h=h, c=c)
