@@ -28,7 +28,8 @@ def free_port() -> int:
 def config(batch_size: int) -> TrainConfig:
     return TrainConfig(batch_size=batch_size, epochs=1, lr=0.01, weight_decay=0.0, lr_step_epochs=1, lr_gamma=1.0,
                        grad_clip=1e9, attention_penalty=0.0, patience=1, early_stopping="loss", num_samples=0,
-                       amp="fp32", device="cpu", seed=0, resume=False, checkpoint="b.pt", last_checkpoint="l.pt",
+                       amp="fp32", compile="never", device="cpu", seed=0, resume=False, checkpoint="b.pt",
+                       last_checkpoint="l.pt",
                        log_dir="tb", metrics_dir="m")
 
 

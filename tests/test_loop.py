@@ -26,7 +26,7 @@ CAPTIONS = pd.DataFrame({"image": ["x.png", "y.png", "x.png", "y.png"],
 
 
 def model_config(fine_tune: bool) -> ModelConfig:
-    return ModelConfig(attention_dim=4, decoder_dim=8, dropout=0.0, fine_tune_embeddings=fine_tune,
+    return ModelConfig(architecture="spatial", attention_dim=4, decoder_dim=8, dropout=0.0, fine_tune_embeddings=fine_tune,
                        max_caption_length=5)
 
 
