@@ -189,9 +189,10 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
             state.update(best_score=score, best_epoch=epoch + 1)
         if log is not None:
             if better:
+                # scores, not speeds: the same run gives a byte-identical best.pt (one DVC hash)
+                scores = {f"val_{k}": v for k, v in val_stats.items() if k != "tokens_per_s"}
                 save_torch(best_path, checkpoint_payload(model, vocabulary.words, store.attrs, epoch=epoch + 1,
-                                                         **{f"val_{k}": v for k, v in val_stats.items()}),
-                           "train.checkpoint")
+                                                         **scores), "train.checkpoint")
             save_torch(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                    "state": state, "identity": identity}, "train.last_checkpoint")
