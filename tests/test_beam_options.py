@@ -72,8 +72,8 @@ class Prefixes:
 
     rows: list[tuple[int, ...]]
 
-    def select(self, rows: torch.Tensor) -> Prefixes:
-        return Prefixes([self.rows[int(i)] for i in rows])
+    def select_beams(self, rows: torch.Tensor, images: torch.Tensor | None = None) -> Prefixes:
+        return Prefixes([self.rows[int(i)] for i in rows])  # one row per caption: no per-image part
 
 
 class TableDecoder:

@@ -1,7 +1,8 @@
 """Batched beam search over images and beams; beam size 1 is greedy decoding.
 
 Drives any decoder with the `start(features) -> state` / `advance(state, words) -> (log-probs,
-attention, state)` interface of `pipeline.model.decoder.CaptionDecoder`. Every image of a batch
+attention, state)` interface of `pipeline.model.decoder.CaptionDecoder`, whose state reorders its
+rows with `state.select_beams(rows, images)` (see `DecoderState.select_beams`). Every image of a batch
 is searched at once, K beams each, and images leave the batch once their search is over.
 
 Layout, with n images still searching (n <= B), k live beams each (1 before the first word, when
@@ -33,7 +34,7 @@ import torch
 
 
 class Decoder(Protocol):
-    """What beam search needs of a decoder."""
+    """What beam search needs of a decoder: `start` and `advance`, and a state with `select_beams`."""
 
     def start(self, features: torch.Tensor): ...  # noqa: ANN201 - the decoder's own state type
 
@@ -80,13 +81,6 @@ def repeated_ngram_mask(sequences: torch.Tensor, n: int, vocab_size: int) -> tor
     row, position = torch.nonzero(match, as_tuple=True)
     mask[row, windows[row, position, n - 1]] = True
     return mask
-
-
-def select_beams(state, rows: torch.Tensor, images: torch.Tensor | None = None):  # noqa: ANN001, ANN201
-    """The decoder state's rows laid out (images, beams), through `state.select_beams` when the state has
-    it (image features kept once per image, as `DecoderState` does), else through `state.select`."""
-    select = getattr(state, "select_beams", None)
-    return select(rows, images) if select is not None else state.select(rows)
 
 
 @torch.no_grad()
@@ -140,7 +134,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, start: int, end: int,
         scores, order = top_scores.masked_fill(is_end, float("-inf")).topk(K, dim=1)  # (n, K)
         source, word = source.gather(1, order), word.gather(1, order)  # (n, K)
         previous = (torch.arange(n, device=device).unsqueeze(1) * k + source).view(-1)  # (n*K,) rows of the state
-        state, words = select_beams(state, previous), word.view(-1)
+        state, words = state.select_beams(previous), word.view(-1)
         sequences = torch.cat([sequences.view(n * k, t)[previous].view(n, K, t), word.unsqueeze(2)], dim=2)
         attention = torch.cat([attention.view(n * k, t, P)[previous].view(n, K, t, P),
                                alpha.view(n * k, 1, P)[previous].view(n, K, 1, P)], dim=2)
@@ -153,7 +147,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, start: int, end: int,
         if int(searching.sum()) <= 3 * n // 4:  # drop finished images, in steps worth a copy
             keep = torch.nonzero(searching).flatten()  # (n',)
             beam_rows = (keep.unsqueeze(1) * K + beam_offsets).view(-1)  # (n'*K,)
-            state, words = select_beams(state, beam_rows, keep), words[beam_rows]
+            state, words = state.select_beams(beam_rows, keep), words[beam_rows]
             active, scores, sequences, attention = active[keep], scores[keep], sequences[keep], attention[keep]
 
     for i, b in enumerate(active.tolist()):

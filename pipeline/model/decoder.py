@@ -46,23 +46,18 @@ class DecoderConfig:
     architecture: str = "sat"  # sat | spatial (see the module docstring); checkpoints without it are sat
 
 
-PER_IMAGE = {"per": "image"}  # DecoderState field metadata: one row per image, shared by its beams
-
-
 @dataclasses.dataclass(frozen=True)
 class DecoderState:
     """What the decoder carries from one step to the next.
 
-    Rows are laid out (images, beams): the fields marked PER_IMAGE hold one row per image, shared by
-    that image's K beams, and every other tensor field one row per caption being decoded, image i's
-    beams being rows i*K .. i*K + K-1, where K = (caption rows) / (image rows). Teacher forcing and
-    `start` have K = 1; beam search makes K rows per image without copying the image's features.
-    A field is per caption row unless its metadata is PER_IMAGE; fields that are not tensors are
-    carried as they are.
+    Rows are laid out (images, beams): x and projected hold one row per image, shared by that
+    image's K beams; h and c one row per caption being decoded, image i's beams being rows
+    i*K .. i*K + K-1, where K = (caption rows) / (image rows). Teacher forcing and `start` have
+    K = 1; beam search makes K rows per image without copying the image's features.
     """
 
-    x: torch.Tensor = dataclasses.field(metadata=PER_IMAGE)  # (N, P, E) standardised features
-    projected: torch.Tensor = dataclasses.field(metadata=PER_IMAGE)  # (N, P, A) their attention projection
+    x: torch.Tensor  # (N, P, E) standardised features
+    projected: torch.Tensor  # (N, P, A) their attention projection
     h: torch.Tensor  # (N*K, H)
     c: torch.Tensor  # (N*K, H)
 
@@ -72,18 +67,9 @@ class DecoderState:
         return self.h.size(0) // self.x.size(0) if self.x.size(0) else 1
 
     def _indexed(self, images: torch.Tensor | None, rows: torch.Tensor) -> DecoderState:
-        """Per-image fields at `images` (kept whole when None), every other tensor field at `rows`."""
-        changes = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not isinstance(value, torch.Tensor):
-                continue
-            if field.metadata.get("per") == "image":
-                if images is not None:
-                    changes[field.name] = value[images]
-            else:
-                changes[field.name] = value[rows]
-        return dataclasses.replace(self, **changes)
+        """The image rows at `images` (kept whole, not copied, when None) and the caption rows at `rows`."""
+        x, projected = (self.x, self.projected) if images is None else (self.x[images], self.projected[images])
+        return DecoderState(x, projected, self.h[rows], self.c[rows])
 
     def select(self, rows: torch.Tensor) -> DecoderState:
         """The state of the given caption rows (R,), in that order, one image row each (K = 1).
@@ -96,8 +82,8 @@ class DecoderState:
     def select_beams(self, rows: torch.Tensor, images: torch.Tensor | None = None) -> DecoderState:
         """The state of caption rows (R,) laid out (images, beams), R / n beams for each of n images.
 
-        `images` (n,) are the images kept, in order (all of them when None: the per-image fields are
-        then shared, not copied). rows[j] must be a row of image images[j // (R / n)] (of image
+        `images` (n,) are the images kept, in order (all of them when None: x and projected are then
+        shared, not copied). rows[j] must be a row of image images[j // (R / n)] (of image
         j // (R / n) when `images` is None): what a beam search's reordering of beams and dropping of
         finished images produce. Not checked here, where it would cost a sync per step;
         tests/test_beam_search.py checks that beams never mix images.
