@@ -341,6 +341,7 @@ def test_too_many_dropped_raises_names_reasons_and_writes_nothing(tmp_path):
     message = str(raised.value)
     assert "5 of 20" in message and "missing_image" in message and "img_00003.png" in message
     assert "dataset.max_dropped_fraction" in message
+    assert "\n" not in message  # the command line prints it as one line
     assert not Path(config.table).exists() and not Path(config.report).exists()
 
     prepared = prep.prepare(make_config(tmp_path, captions, max_dropped_fraction=0.25))

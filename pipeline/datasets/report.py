@@ -126,10 +126,10 @@ def check_dropped(report: dict[str, Any]) -> None:
     for count, reason in reasons[:3]:
         examples = json.dumps(report["dropped"][reason]["examples"][:3])
         advice = DROPPED[reason].format(format=report["format"], images=report["images"])
-        details.append(f"  {reason}: {count} captions, e.g. {examples}\n    -> {advice}")
+        details.append(f"{reason}: {count} captions, e.g. {examples} -> {advice}")
     advice = ("Fix the data" if everything else
               "Fix the data, or raise dataset.max_dropped_fraction if this loss is expected")
-    raise DatasetError(f"{headline}. Top reasons:\n" + "\n".join(details) + f"\n{advice}. Nothing was written.")
+    raise DatasetError(f"{headline}. Top reasons: " + "; ".join(details) + f". {advice}. Nothing was written.")
 
 
 def no_images_found(captions: str, images: str, named: list[str], files: set[str]) -> DatasetError:
