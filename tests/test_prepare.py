@@ -214,6 +214,8 @@ def test_seeded_random_split_is_by_image_deterministic_and_follows_the_ratios(tm
 # ----------------------------------------------------------------------------------------------
 # csv and pipe
 
+ONE_EACH = {"train": 0.5, "val": 0.5, "test": 0.0}  # two images: the first (sorted) trains, the second validates
+
 
 def test_csv_with_quotes_commas_and_an_unquoted_comma(tmp_path):
     for image in ("a.jpg", "b.jpg"):
@@ -225,11 +227,11 @@ def test_csv_with_quotes_commas_and_an_unquoted_comma(tmp_path):
                     'b.jpg,A cat sits, then sleeps .\n'
                     ' b.jpg ,  Two birds\n'
                     ',caption without an image\n', encoding="utf-8")
-    prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=2))  # 2 images: both train
+    prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=2, split_ratios=ONE_EACH))
     assert prepared.rows == [("a.jpg", "train", "a dog brown and white runs"),
                              ("a.jpg", "train", "he said hello twice"),
-                             ("b.jpg", "train", "a cat sits then sleeps"),
-                             ("b.jpg", "train", "two birds")]
+                             ("b.jpg", "val", "a cat sits then sleeps"),
+                             ("b.jpg", "val", "two birds")]
     report = prepared.report
     assert report["format"] == "csv"
     assert report["fixed"]["repaired_line"]["examples"] == [{"line": 4, "text": "b.jpg,A cat sits,then sleeps ."}]
@@ -256,13 +258,13 @@ def test_flickr30k_pipe_file_with_a_glued_row_and_a_malformed_row(tmp_path):
                     "2199200615.jpg| 3| A dog runs .\n"
                     "2199200615.jpg| 4 A dog runs across the grass .\n"
                     "2199200615.jpg\n", encoding="utf-8")
-    prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=3))  # 2 images: both train
+    prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=3, split_ratios=ONE_EACH))
     assert prepared.rows == [
         ("1000092795.jpg", "train", "two young guys with shaggy hair look at their hands"),
         ("1000092795.jpg", "train", "two young white males are outside near many bushes"),
         ("1000092795.jpg", "train", "a quoted word and a pipe"),
-        ("2199200615.jpg", "train", "a dog runs"),
-        ("2199200615.jpg", "train", "a dog runs across the grass"),
+        ("2199200615.jpg", "val", "a dog runs"),
+        ("2199200615.jpg", "val", "a dog runs across the grass"),
     ]
     report = prepared.report
     assert report["format"] == "pipe"
@@ -309,8 +311,10 @@ def test_karpathy_flickr_keeps_its_splits_and_moves_restval_to_train(tmp_path):
 def test_karpathy_coco_uses_filepath_and_tokens_when_raw_is_missing(tmp_path):
     val = "COCO_val2014_000000391895.jpg"
     train = "COCO_train2014_000000057870.jpg"
+    kept_val = "COCO_val2014_000000522418.jpg"
     write_image(tmp_path / "images" / "val2014" / val)
     write_image(tmp_path / "images" / "train2014" / train)
+    write_image(tmp_path / "images" / "val2014" / kept_val)
     entries = [
         {"filepath": "val2014", "filename": val, "split": "restval", "imgid": 0,
          "sentences": sentences("A man with a red helmet on a small moped on a dirt road. ")},
@@ -318,11 +322,13 @@ def test_karpathy_coco_uses_filepath_and_tokens_when_raw_is_missing(tmp_path):
          "sentences": [{"tokens": ["a", "restaurant", "has", "modern", "wooden", "tables"]}]},
         {"filepath": "val2014", "filename": "COCO_val2014_000000000042.jpg", "split": "val",
          "sentences": sentences("Not on disk.")},
+        {"filepath": "val2014", "filename": kept_val, "split": "val", "sentences": sentences("A woman cuts a cake.")},
     ]
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps({"images": entries}), encoding="utf-8")
     prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=None))
     assert prepared.rows == [(f"val2014/{val}", "train", "a man with a red helmet on a small moped on a dirt road"),
+                             (f"val2014/{kept_val}", "val", "a woman cuts a cake"),
                              (f"train2014/{train}", "test", "a restaurant has modern wooden tables")]
     assert prepared.report["dropped"]["missing_image"]["examples"] == [
         {"image": "val2014/COCO_val2014_000000000042.jpg", "lines": [3]}]
@@ -356,6 +362,41 @@ def test_all_dropped_raises_even_with_a_threshold_of_one(tmp_path):
     with pytest.raises(DatasetError, match="none of the 2 images named by .* the pipeline needs the images") as raised:
         prep.prepare(make_config(tmp_path, captions, max_dropped_fraction=1.0))
     assert "max_dropped_fraction" not in str(raised.value)
+
+
+def test_an_empty_val_split_from_split_lists_fails_and_names_the_list(tmp_path):
+    for image in (A, B):
+        write_image(tmp_path / "images" / image)
+    token = tmp_path / "Flickr8k.token.txt"
+    token.write_text(f"{A}#0\tA dog .\n{B}#0\tA cat .\n", encoding="utf-8")
+    lists = {"train": tmp_path / "train.txt", "val": tmp_path / "val.txt"}
+    lists["train"].write_text(f"{A}\n{B}\n", encoding="utf-8")
+    lists["val"].write_text("\n", encoding="utf-8")
+    with pytest.raises(DatasetError) as raised:
+        prep.prepare(make_config(tmp_path, token, captions_per_image=1,
+                                 split_files={split: str(path) for split, path in lists.items()}))
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "left the val split without captions" in message and "train 2, val 0, test 0" in message
+    assert "dataset.split_files.val" in message
+
+
+def test_a_karpathy_file_without_val_images_fails(tmp_path):
+    write_image(tmp_path / "images" / "t.jpg")
+    write_image(tmp_path / "images" / "s.jpg")
+    path = tmp_path / "dataset_flickr8k.json"
+    path.write_text(json.dumps({"images": [{"filename": "t.jpg", "split": "train", "sentences": sentences("A dog .")},
+                                           {"filename": "s.jpg", "split": "test", "sentences": sentences("A cat .")},
+                                           {"filename": "gone.jpg", "split": "val", "sentences": sentences("A bird .")}]}),
+                    encoding="utf-8")
+    with pytest.raises(DatasetError, match="left the val split without captions .*from karpathy: train 1, val 0, test 1"):
+        prep.prepare(make_config(tmp_path, path, captions_per_image=None))
+
+
+def test_too_few_images_for_a_random_split_fail(tmp_path):
+    captions = demo_dataset(tmp_path, 1)
+    with pytest.raises(DatasetError, match="left the val split without captions.*1 images are too few"):
+        prep.prepare(make_config(tmp_path, captions))
 
 
 def test_missing_inputs_name_the_path_and_the_key(tmp_path):

@@ -132,6 +132,25 @@ def check_dropped(report: dict[str, Any]) -> None:
     raise DatasetError(f"{headline}. Top reasons: " + "; ".join(details) + f". {advice}. Nothing was written.")
 
 
+def check_splits(report: dict[str, Any]) -> None:
+    """Raise DatasetError when the train or the val split is left without captions (training needs both)."""
+    empty = [split for split in ("train", "val") if report["splits"][split]["captions"] == 0]
+    if not empty:
+        return
+    source = report["split_source"]
+    if source == "split_files":
+        advice = f"list images that have captions in dataset.split_files.{empty[0]}"
+    elif source == "karpathy":
+        advice = (f"the file names no {empty[0]} images, or all of them were dropped (missing, unreadable or "
+                  f"without captions); add them, or set dataset.split_files")
+    else:
+        advice = (f"{report['total']['images']} images are too few for dataset.split_ratios to give every split one; "
+                  f"add images")
+    counts = ", ".join(f"{split} {item['images']}" for split, item in report["splits"].items())
+    raise DatasetError(f"prepare left the {' and the '.join(empty)} split without captions (images per split, from "
+                       f"{source}: {counts}); training needs train and val: {advice}. Nothing was written.")
+
+
 def no_images_found(captions: str, images: str, named: list[str], files: set[str]) -> DatasetError:
     """The error when none of the images the captions name is in the image folder."""
     found = (f"it holds {len(files)} files, e.g. '{min(files)}', none of them named by the captions" if files

@@ -15,8 +15,9 @@ Karpathy split JSON (the list, with examples, is in pipeline/datasets/formats.py
 
 Splits are by image, never by caption: from `dataset.split_files` when given, else from the Karpathy
 JSON, else a seeded random split of the images with `dataset.split_ratios`. When the dropped captions
-exceed `dataset.max_dropped_fraction` of the caption lines read, or none of the images the captions
-name is in the image folder, the stage fails and writes nothing. With `dataset.check_images`, every
+exceed `dataset.max_dropped_fraction` of the caption lines read, none of the images the captions
+name is in the image folder, or the train or val split is left without captions, the stage fails
+and writes nothing. With `dataset.check_images`, every
 image is decoded by the encoder's rule (pipeline/encoder/images.py `check_image`), so an image that
 would stop `features` is dropped here instead and counted as `unreadable_image`.
 
@@ -37,7 +38,14 @@ from pipeline.datasets.cleaning import (
     resolve_splits,
 )
 from pipeline.datasets.formats import decode_text, detect_format, parse_captions
-from pipeline.datasets.report import Problems, build_report, check_dropped, no_images_found, summary
+from pipeline.datasets.report import (
+    Problems,
+    build_report,
+    check_dropped,
+    check_splits,
+    no_images_found,
+    summary,
+)
 from pipeline.datasets.splits import random_split, read_split_lists
 from pipeline.datasets.table import write_captions
 from pipeline.encoder.images import list_images, unreadable_images
@@ -97,6 +105,7 @@ def prepare(config: DatasetConfig) -> Prepared:
     rows = [(r.image, r.split, r.text) for r in records]
     report = build_report(config, fmt, split_source, lines_read, rows, histogram, problems)
     check_dropped(report)
+    check_splits(report)
     return Prepared(rows, report)
 
 def write_outputs(config: DatasetConfig, prepared: Prepared) -> None:
