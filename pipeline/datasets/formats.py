@@ -41,6 +41,8 @@ _TOKEN_NO_TAB = re.compile(r"^(?P<key>\S+#\d+)(?:\s+(?P<caption>.*))?$")
 
 _GLUED_NUMBER = re.compile(r"^(?P<number>\d+)\s+(?P<caption>\S.*)$")
 
+_LINE_END = "\r\n|\r|\n"  # as editors and Python's text mode read them: a lone CR ends a line too
+
 
 class CaptionLine(NamedTuple):
     """One caption as read: `line` is its line in the file (JSON: its image's position, from 1)."""
@@ -58,6 +60,7 @@ class TextFile:
     non_utf8_lines: list[int]
     crlf_lines: int
     byte_order_mark: bool
+    cr_lines: int = 0  # lines ended by a lone CR (classic Mac OS)
 
 
 def decode_text(data: bytes) -> TextFile:
@@ -69,10 +72,10 @@ def decode_text(data: bytes) -> TextFile:
         raise DatasetError("the text starts with a UTF-16 byte order mark; save the file as UTF-8")
     non_utf8: list[int] = []
     try:
-        lines = data.decode("utf-8").split("\n")
+        lines = re.split(_LINE_END, data.decode("utf-8"))
     except UnicodeDecodeError:
         lines = []
-        for number, raw in enumerate(data.split(b"\n"), start=1):
+        for number, raw in enumerate(re.split(_LINE_END.encode(), data), start=1):
             try:
                 lines.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
@@ -80,10 +83,8 @@ def decode_text(data: bytes) -> TextFile:
                 non_utf8.append(number)
     if lines and lines[-1] == "":
         lines.pop()  # the final line end
-    crlf = sum(1 for line in lines if line.endswith("\r"))
-    if crlf:
-        lines = [line.removesuffix("\r") for line in lines]
-    return TextFile(lines, non_utf8, crlf, bom)
+    crlf = data.count(b"\r\n")
+    return TextFile(lines, non_utf8, crlf, bom, data.count(b"\r") - crlf)
 
 def decode_legacy(raw: bytes) -> str:
     """A line that is not UTF-8, read as Windows-1252 (Latin-1 plus curly quotes and dashes), the usual
@@ -243,6 +244,8 @@ def parse_captions(text: TextFile, fmt: str, problems: Problems) -> list[Caption
         problems.add("non_utf8_line", {"line": number, "text": clip(text.lines[number - 1])})
     if text.crlf_lines:
         problems.add("crlf_line_end", count=text.crlf_lines)
+    if text.cr_lines:
+        problems.add("cr_line_end", count=text.cr_lines)
     if text.byte_order_mark:
         problems.add("byte_order_mark")
     if fmt == "flickr_token":

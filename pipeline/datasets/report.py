@@ -31,7 +31,7 @@ DROPPED = {
     "duplicate_caption": "remove the repeated (image, caption) lines",
 }
 
-FIXED = ("non_utf8_line", "repaired_line", "crlf_line_end", "byte_order_mark")
+FIXED = ("non_utf8_line", "repaired_line", "crlf_line_end", "cr_line_end", "byte_order_mark")
 
 REPORTED = {"wrong_caption_count": "images", "restval_as_train": "images",  # reason -> what is counted
             "duplicate_id": "lines", "long_caption": "captions"}
