@@ -399,6 +399,35 @@ def test_too_few_images_for_a_random_split_fail(tmp_path):
         prep.prepare(make_config(tmp_path, captions))
 
 
+@pytest.mark.parametrize(("name", "data", "expected"), [
+    ("captions.txt", b"", "the file is empty"),
+    ("captions.txt", b"\r\n\n  \n", "the file is empty"),
+    ("captions.txt", "a.jpg#0\tA dog .\n".encode("utf-16-le"), "UTF-16 without a byte order mark"),
+    ("captions.txt", "a.jpg#0\tA dog .\n".encode("utf-16"), "UTF-16 byte order mark"),
+    ("captions.txt", b"a.jpg;A dog .\n", "cannot tell the format"),
+    ("dataset_coco.json", b'{"images": [', "not valid JSON"),
+    ("captions.csv", b"file,words\na.jpg,A dog .\n", "needs an image column"),
+], ids=["empty", "blank_lines", "utf16_no_bom", "utf16", "unknown_format", "cut_json", "csv_header"])
+def test_an_unreadable_captions_file_is_one_line_naming_it(tmp_path, name, data, expected):
+    write_image(tmp_path / "images" / "a.jpg")
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(DatasetError) as raised:
+        prep.prepare(make_config(tmp_path, path))
+    message = str(raised.value)
+    assert message.startswith(f"dataset.captions '{path}': ") and expected in message and "\n" not in message
+
+
+def test_a_split_list_in_utf16_is_named(tmp_path):
+    captions = demo_dataset(tmp_path, 3)
+    lists = {split: tmp_path / f"{split}.txt" for split in SPLITS}
+    for split, path in lists.items():
+        path.write_text(f"img_0000{SPLITS.index(split)}.png\n", encoding="utf-8")
+    lists["val"].write_text("img_00001.png\n", encoding="utf-16")
+    with pytest.raises(DatasetError, match=rf"^dataset\.split_files\.val '{lists['val']}': .*UTF-16"):
+        prep.prepare(make_config(tmp_path, captions, split_files={split: str(path) for split, path in lists.items()}))
+
+
 def test_missing_inputs_name_the_path_and_the_key(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(FileNotFoundError, match=r"dataset\.captions.*no_such_file\.txt"):

@@ -70,6 +70,10 @@ def decode_text(data: bytes) -> TextFile:
         data = data[len(codecs.BOM_UTF8):]
     elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise DatasetError("the text starts with a UTF-16 byte order mark; save the file as UTF-8")
+    start = data[:4096]
+    if start.count(0) * 4 > len(start):  # UTF-16 text: every other byte of ASCII characters is 0
+        raise DatasetError("the file is not UTF-8 text (a quarter of its first bytes are 0: UTF-16 without a byte "
+                           "order mark, or a binary file); save it as UTF-8")
     non_utf8: list[int] = []
     try:
         lines = re.split(_LINE_END, data.decode("utf-8"))
@@ -105,6 +109,8 @@ def note_id(seen: dict[tuple[str, str], tuple[int, str]], key: tuple[str, str], 
 def detect_format(filename: str, lines: Sequence[str]) -> str:
     """Guess the captions format from the file name and its first non-blank line."""
     first = next((line.strip() for line in lines if line.strip()), "")
+    if not first:
+        raise DatasetError("the file is empty (no line holds text); point dataset.captions at the captions file")
     if filename.lower().endswith(".json") or first.startswith(("{", "[")):
         return "karpathy"
     key = first.split("\t", 1)[0]
@@ -116,7 +122,7 @@ def detect_format(filename: str, lines: Sequence[str]) -> str:
         return "csv"
     if "\t" in first or _TOKEN_NO_TAB.match(first):
         return "flickr_token"
-    raise DatasetError(f"cannot tell the format of '{filename}' from its first line {clip(first)!r}; "
+    raise DatasetError(f"cannot tell the format from its first line {clip(first)!r}; "
                        f"set dataset.format to one of {', '.join(FORMATS)}")
 
 def parse_token(lines: Sequence[str], problems: Problems) -> list[CaptionLine]:

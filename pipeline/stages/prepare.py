@@ -39,6 +39,7 @@ from pipeline.datasets.cleaning import (
 )
 from pipeline.datasets.formats import decode_text, detect_format, parse_captions
 from pipeline.datasets.report import (
+    DatasetError,
     Problems,
     build_report,
     check_dropped,
@@ -75,10 +76,13 @@ def check_inputs(config: DatasetConfig) -> tuple[Path, Path]:
 def prepare(config: DatasetConfig) -> Prepared:
     """Read, check, clean and split the dataset; raise DatasetError when too much is dropped."""
     captions_path, images_dir = check_inputs(config)
-    text = decode_text(captions_path.read_bytes())
-    fmt = detect_format(captions_path.name, text.lines) if config.format == "auto" else config.format
     problems = Problems()
-    records = parse_captions(text, fmt, problems)
+    try:
+        text = decode_text(captions_path.read_bytes())
+        fmt = detect_format(captions_path.name, text.lines) if config.format == "auto" else config.format
+        records = parse_captions(text, fmt, problems)
+    except DatasetError as error:
+        raise DatasetError(f"dataset.captions '{captions_path}': {error}") from error
     lines_read = len(records) + problems.counts["malformed_line"]
 
     available = list_images(images_dir)
