@@ -239,6 +239,24 @@ def test_csv_with_quotes_commas_and_an_unquoted_comma(tmp_path):
     assert report["reported"]["wrong_caption_count"]["images"] == 0
 
 
+def test_csv_quote_left_open_drops_the_lines_it_swallows_and_names_the_first(tmp_path):
+    for image in ("a.jpg", "b.jpg"):
+        write_image(tmp_path / "images" / image)
+    path = tmp_path / "captions.csv"
+    path.write_text('image,caption\n'
+                    'a.jpg,A dog .\n'
+                    'a.jpg,"A dog runs\n'  # the quote is never closed: the csv module reads on to the next quote
+                    '\n'
+                    'b.jpg,A cat .\n'
+                    'b.jpg,A "big" cat .\n'
+                    'b.jpg,A bird .\n', encoding="utf-8")
+    prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=None, split_ratios=ONE_EACH))
+    assert prepared.rows == [("a.jpg", "train", "a dog"), ("b.jpg", "val", "a bird")]
+    report = prepared.report
+    assert report["dropped"]["malformed_line"] == {"captions": 3, "examples": [{"line": 3, "text": 'a.jpg,"A dog runs'}]}
+    assert report["lines_read"] == 5
+
+
 def test_csv_without_image_and_caption_columns_is_an_error(tmp_path):
     (tmp_path / "images").mkdir()
     path = tmp_path / "captions.csv"

@@ -171,7 +171,11 @@ def _fit_row(row: list[str], header: list[str], caption_column: int,
     return None
 
 def parse_delimited(lines: Sequence[str], delimiter: str, problems: Problems) -> list[CaptionLine]:
-    """Parse a table with a header row (csv: quoted fields; pipe: no quoting, stray spaces)."""
+    """Parse a table with a header row (csv: quoted fields; pipe: no quoting, stray spaces).
+
+    A caption is one line: a row that spans several (a quote left open) is dropped as malformed, one
+    count per line it swallowed.
+    """
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
     reader = csv.reader((line + "\n" for line in lines), delimiter=delimiter, quoting=quoting,
                         skipinitialspace=True)
@@ -180,8 +184,14 @@ def parse_delimited(lines: Sequence[str], delimiter: str, problems: Problems) ->
     number_column: int | None = None
     records = []
     seen: dict[tuple[str, str], tuple[int, str]] = {}
+    last_line = 0  # the line the previous row ended on
     try:
         for row in reader:
+            first_line, last_line = last_line + 1, reader.line_num
+            if last_line > first_line and header is not None:  # a quote left open swallowed the lines after it
+                problems.add("malformed_line", {"line": first_line, "text": clip(lines[first_line - 1])},
+                             count=sum(1 for line in lines[first_line - 1:last_line] if line.strip()))
+                continue
             row = [value.strip() for value in row]
             if not any(row):
                 continue
