@@ -23,6 +23,7 @@ def test_detect_format():
     assert detect_format("captions.txt", ["image,caption", "a.jpg,A dog ."]) == "csv"
     assert detect_format("results.csv", ["image_name| comment_number| comment"]) == "pipe"
     assert detect_format("dataset_coco.json", ['{"images": []}']) == "karpathy"
+    assert detect_format("Flickr8k.token.txt", ["1000268201_693b08cb0e.jpg#0 A child , a dog ."]) == "flickr_token"
     with pytest.raises(DatasetError, match="dataset.format"):
         detect_format("notes.txt", ["just some words"])
 

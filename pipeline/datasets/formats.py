@@ -114,13 +114,13 @@ def detect_format(filename: str, lines: Sequence[str]) -> str:
     if filename.lower().endswith(".json") or first.startswith(("{", "[")):
         return "karpathy"
     key = first.split("\t", 1)[0]
-    if ("\t" in first and _TOKEN_KEY.match(key)) or filename.lower().endswith(".token"):
-        return "flickr_token"
+    if ("\t" in first and _TOKEN_KEY.match(key)) or filename.lower().endswith(".token") or _TOKEN_NO_TAB.match(first):
+        return "flickr_token"  # `IMAGE#N` first, even with spaces for the tab and a comma in the caption
     if "|" in first:
         return "pipe"
     if "," in first:
         return "csv"
-    if "\t" in first or _TOKEN_NO_TAB.match(first):
+    if "\t" in first:
         return "flickr_token"
     raise DatasetError(f"cannot tell the format from its first line {clip(first)!r}; "
                        f"set dataset.format to one of {', '.join(FORMATS)}")
