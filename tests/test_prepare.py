@@ -450,6 +450,8 @@ def test_missing_inputs_name_the_path_and_the_key(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(FileNotFoundError, match=r"dataset\.captions.*no_such_file\.txt"):
         prep.prepare(make_config(tmp_path, tmp_path / "no_such_file.txt"))
+    with pytest.raises(FileNotFoundError, match=r"dataset\.captions.*'.*images' is a folder, not a file"):
+        prep.prepare(make_config(tmp_path, tmp_path / "images"))
     captions = tmp_path / "captions.txt"
     captions.write_text("a.png#0\ta dog\n", encoding="utf-8")
     with pytest.raises(FileNotFoundError, match=r"dataset\.images.*no_such_folder"):

@@ -65,7 +65,8 @@ def check_inputs(config: DatasetConfig) -> tuple[Path, Path]:
     """The captions file and image folder, or FileNotFoundError naming the path and the params key."""
     captions, images = Path(config.captions), Path(config.images)
     if not captions.is_file():
-        raise FileNotFoundError(f"dataset.captions: captions file '{captions}' not found; "
+        problem = "is a folder, not a file" if captions.is_dir() else "not found"
+        raise FileNotFoundError(f"dataset.captions: captions file '{captions}' {problem}; "
                                 f"fix the path in params.yaml (relative to the project root)")
     if not images.is_dir():
         problem = "is a file, not a folder" if images.exists() else "not found"
