@@ -121,6 +121,20 @@ def test_a_binary_file_named_as_text_is_refused(tmp_path, file_vectors):
         embeddings.load_pretrained(path)
 
 
+@pytest.mark.parametrize("damage", ["not_gzip", "bad_crc"])
+def test_a_damaged_gzip_file_is_refused_naming_it(tmp_path, file_vectors, damage):
+    path = tmp_path / "vectors.bin.gz"
+    file_vectors.save_word2vec_format(str(path), binary=True)
+    data = bytearray(path.read_bytes())
+    if damage == "not_gzip":
+        data[:2] = b"PK"  # a zip archive, say, named .gz
+    else:
+        data[-8] ^= 0xFF  # the trailer's CRC-32: the data does not match it
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="vectors.bin.gz: cannot read it as a word2vec binary file"):
+        embeddings.load_pretrained(path)
+
+
 def test_embedding_matrix_scales_random_rows_like_the_found_ones():
     words = [*SPECIAL_TOKENS, *(f"w{i}" for i in range(400))]
     rng = np.random.default_rng(1)

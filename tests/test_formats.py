@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.datasets.formats import CaptionLine, decode_text, detect_format, parse_token
+from pipeline.datasets.formats import CaptionLine, decode_text, detect_format, parse_captions, parse_token
 from pipeline.datasets.report import DatasetError, Problems
 
 
@@ -23,6 +23,7 @@ def test_detect_format():
     assert detect_format("captions.txt", ["image,caption", "a.jpg,A dog ."]) == "csv"
     assert detect_format("results.csv", ["image_name| comment_number| comment"]) == "pipe"
     assert detect_format("dataset_coco.json", ['{"images": []}']) == "karpathy"
+    assert detect_format("Flickr8k.token.txt", ["1000268201_693b08cb0e.jpg#0 A child , a dog ."]) == "flickr_token"
     with pytest.raises(DatasetError, match="dataset.format"):
         detect_format("notes.txt", ["just some words"])
 
@@ -31,3 +32,13 @@ def test_decode_text_fixes_bom_crlf_and_non_utf8_lines():
     text = decode_text(b"\xef\xbb\xbfa.jpg#0\tA caf\xe9\r\nb.jpg#0\tfine\r\n")
     assert text.byte_order_mark and text.crlf_lines == 2 and text.non_utf8_lines == [1]
     assert text.lines[1] == "b.jpg#0\tfine" and text.lines[0].startswith("a.jpg#0\tA caf")
+
+
+def test_lone_carriage_returns_end_lines_and_are_counted():
+    text = decode_text(b"a.jpg#0\tA dog .\rb.jpg#0\tA cat .\r\nc.jpg#0\tA bird .\r")  # classic Mac OS, mixed
+    assert text.lines == ["a.jpg#0\tA dog .", "b.jpg#0\tA cat .", "c.jpg#0\tA bird ."]
+    assert (text.crlf_lines, text.cr_lines) == (1, 2)
+    problems = Problems()
+    records = parse_captions(text, "flickr_token", problems)
+    assert [(record.image, record.line) for record in records] == [("a.jpg", 1), ("b.jpg", 2), ("c.jpg", 3)]
+    assert (problems.counts["crlf_line_end"], problems.counts["cr_line_end"]) == (1, 2)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.encoder.images import ImageReadError, list_images, load_image, unreadable_images
+from pipeline.encoder.images import ImageReadError, list_images, load_image, read_rgb, unreadable_images
 
 
 def test_load_image_resizes_the_whole_image_without_cropping(tmp_path: Path) -> None:
@@ -54,3 +54,24 @@ def test_unreadable_images_names_each_bad_file(tmp_path: Path) -> None:
     errors = unreadable_images(tmp_path, ["good.png", "bad.png", "absent.png"])
     assert sorted(errors) == ["absent.png", "bad.png"]
     assert errors["absent.png"].startswith("FileNotFoundError")
+
+
+def test_an_animated_gif_is_read_as_its_first_frame(tmp_path: Path) -> None:
+    red, blue = (Image.new("RGB", (40, 20), colour) for colour in ((255, 0, 0), (0, 0, 255)))
+    red.save(tmp_path / "animated.gif", save_all=True, append_images=[blue], duration=100)
+    image = load_image(tmp_path / "animated.gif", 16)
+    assert image.shape == (3, 16, 16)
+    assert image[0].min() > 200 and image[2].max() < 50  # red: the first frame, as prepare's check reads it
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png", "webp"])
+def test_exif_orientation_is_applied_in_every_format(tmp_path: Path, suffix: str) -> None:
+    array = np.zeros((20, 40, 3), dtype=np.uint8)  # stored wide: red left half, blue right half
+    array[:, :20] = (255, 0, 0)
+    array[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: tall, red on top
+    Image.fromarray(array).save(tmp_path / f"turned.{suffix}", exif=exif.tobytes(), quality=95)
+    image = read_rgb(tmp_path / f"turned.{suffix}")
+    assert image.shape == (3, 40, 20)
+    assert image[0, 5].min() > 200 and image[2, 35].min() > 200

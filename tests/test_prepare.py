@@ -214,6 +214,8 @@ def test_seeded_random_split_is_by_image_deterministic_and_follows_the_ratios(tm
 # ----------------------------------------------------------------------------------------------
 # csv and pipe
 
+ONE_EACH = {"train": 0.5, "val": 0.5, "test": 0.0}  # two images: the first (sorted) trains, the second validates
+
 
 def test_csv_with_quotes_commas_and_an_unquoted_comma(tmp_path):
     for image in ("a.jpg", "b.jpg"):
@@ -225,16 +227,34 @@ def test_csv_with_quotes_commas_and_an_unquoted_comma(tmp_path):
                     'b.jpg,A cat sits, then sleeps .\n'
                     ' b.jpg ,  Two birds\n'
                     ',caption without an image\n', encoding="utf-8")
-    prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=2))  # 2 images: both train
+    prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=2, split_ratios=ONE_EACH))
     assert prepared.rows == [("a.jpg", "train", "a dog brown and white runs"),
                              ("a.jpg", "train", "he said hello twice"),
-                             ("b.jpg", "train", "a cat sits then sleeps"),
-                             ("b.jpg", "train", "two birds")]
+                             ("b.jpg", "val", "a cat sits then sleeps"),
+                             ("b.jpg", "val", "two birds")]
     report = prepared.report
     assert report["format"] == "csv"
     assert report["fixed"]["repaired_line"]["examples"] == [{"line": 4, "text": "b.jpg,A cat sits,then sleeps ."}]
     assert report["dropped"]["malformed_line"]["examples"][0]["line"] == 6
     assert report["reported"]["wrong_caption_count"]["images"] == 0
+
+
+def test_csv_quote_left_open_drops_the_lines_it_swallows_and_names_the_first(tmp_path):
+    for image in ("a.jpg", "b.jpg"):
+        write_image(tmp_path / "images" / image)
+    path = tmp_path / "captions.csv"
+    path.write_text('image,caption\n'
+                    'a.jpg,A dog .\n'
+                    'a.jpg,"A dog runs\n'  # the quote is never closed: the csv module reads on to the next quote
+                    '\n'
+                    'b.jpg,A cat .\n'
+                    'b.jpg,A "big" cat .\n'
+                    'b.jpg,A bird .\n', encoding="utf-8")
+    prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=None, split_ratios=ONE_EACH))
+    assert prepared.rows == [("a.jpg", "train", "a dog"), ("b.jpg", "val", "a bird")]
+    report = prepared.report
+    assert report["dropped"]["malformed_line"] == {"captions": 3, "examples": [{"line": 3, "text": 'a.jpg,"A dog runs'}]}
+    assert report["lines_read"] == 5
 
 
 def test_csv_without_image_and_caption_columns_is_an_error(tmp_path):
@@ -256,13 +276,13 @@ def test_flickr30k_pipe_file_with_a_glued_row_and_a_malformed_row(tmp_path):
                     "2199200615.jpg| 3| A dog runs .\n"
                     "2199200615.jpg| 4 A dog runs across the grass .\n"
                     "2199200615.jpg\n", encoding="utf-8")
-    prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=3))  # 2 images: both train
+    prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=3, split_ratios=ONE_EACH))
     assert prepared.rows == [
         ("1000092795.jpg", "train", "two young guys with shaggy hair look at their hands"),
         ("1000092795.jpg", "train", "two young white males are outside near many bushes"),
         ("1000092795.jpg", "train", "a quoted word and a pipe"),
-        ("2199200615.jpg", "train", "a dog runs"),
-        ("2199200615.jpg", "train", "a dog runs across the grass"),
+        ("2199200615.jpg", "val", "a dog runs"),
+        ("2199200615.jpg", "val", "a dog runs across the grass"),
     ]
     report = prepared.report
     assert report["format"] == "pipe"
@@ -309,8 +329,10 @@ def test_karpathy_flickr_keeps_its_splits_and_moves_restval_to_train(tmp_path):
 def test_karpathy_coco_uses_filepath_and_tokens_when_raw_is_missing(tmp_path):
     val = "COCO_val2014_000000391895.jpg"
     train = "COCO_train2014_000000057870.jpg"
+    kept_val = "COCO_val2014_000000522418.jpg"
     write_image(tmp_path / "images" / "val2014" / val)
     write_image(tmp_path / "images" / "train2014" / train)
+    write_image(tmp_path / "images" / "val2014" / kept_val)
     entries = [
         {"filepath": "val2014", "filename": val, "split": "restval", "imgid": 0,
          "sentences": sentences("A man with a red helmet on a small moped on a dirt road. ")},
@@ -318,11 +340,13 @@ def test_karpathy_coco_uses_filepath_and_tokens_when_raw_is_missing(tmp_path):
          "sentences": [{"tokens": ["a", "restaurant", "has", "modern", "wooden", "tables"]}]},
         {"filepath": "val2014", "filename": "COCO_val2014_000000000042.jpg", "split": "val",
          "sentences": sentences("Not on disk.")},
+        {"filepath": "val2014", "filename": kept_val, "split": "val", "sentences": sentences("A woman cuts a cake.")},
     ]
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps({"images": entries}), encoding="utf-8")
     prepared = prep.prepare(make_config(tmp_path, path, captions_per_image=None))
     assert prepared.rows == [(f"val2014/{val}", "train", "a man with a red helmet on a small moped on a dirt road"),
+                             (f"val2014/{kept_val}", "val", "a woman cuts a cake"),
                              (f"train2014/{train}", "test", "a restaurant has modern wooden tables")]
     assert prepared.report["dropped"]["missing_image"]["examples"] == [
         {"image": "val2014/COCO_val2014_000000000042.jpg", "lines": [3]}]
@@ -341,6 +365,7 @@ def test_too_many_dropped_raises_names_reasons_and_writes_nothing(tmp_path):
     message = str(raised.value)
     assert "5 of 20" in message and "missing_image" in message and "img_00003.png" in message
     assert "dataset.max_dropped_fraction" in message
+    assert "\n" not in message  # the command line prints it as one line
     assert not Path(config.table).exists() and not Path(config.report).exists()
 
     prepared = prep.prepare(make_config(tmp_path, captions, max_dropped_fraction=0.25))
@@ -357,10 +382,76 @@ def test_all_dropped_raises_even_with_a_threshold_of_one(tmp_path):
     assert "max_dropped_fraction" not in str(raised.value)
 
 
+def test_an_empty_val_split_from_split_lists_fails_and_names_the_list(tmp_path):
+    for image in (A, B):
+        write_image(tmp_path / "images" / image)
+    token = tmp_path / "Flickr8k.token.txt"
+    token.write_text(f"{A}#0\tA dog .\n{B}#0\tA cat .\n", encoding="utf-8")
+    lists = {"train": tmp_path / "train.txt", "val": tmp_path / "val.txt"}
+    lists["train"].write_text(f"{A}\n{B}\n", encoding="utf-8")
+    lists["val"].write_text("\n", encoding="utf-8")
+    with pytest.raises(DatasetError) as raised:
+        prep.prepare(make_config(tmp_path, token, captions_per_image=1,
+                                 split_files={split: str(path) for split, path in lists.items()}))
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "left the val split without captions" in message and "train 2, val 0, test 0" in message
+    assert "dataset.split_files.val" in message
+
+
+def test_a_karpathy_file_without_val_images_fails(tmp_path):
+    write_image(tmp_path / "images" / "t.jpg")
+    write_image(tmp_path / "images" / "s.jpg")
+    path = tmp_path / "dataset_flickr8k.json"
+    path.write_text(json.dumps({"images": [{"filename": "t.jpg", "split": "train", "sentences": sentences("A dog .")},
+                                           {"filename": "s.jpg", "split": "test", "sentences": sentences("A cat .")},
+                                           {"filename": "gone.jpg", "split": "val", "sentences": sentences("A bird .")}]}),
+                    encoding="utf-8")
+    with pytest.raises(DatasetError, match="left the val split without captions .*from karpathy: train 1, val 0, test 1"):
+        prep.prepare(make_config(tmp_path, path, captions_per_image=None))
+
+
+def test_too_few_images_for_a_random_split_fail(tmp_path):
+    captions = demo_dataset(tmp_path, 1)
+    with pytest.raises(DatasetError, match="left the val split without captions.*1 images are too few"):
+        prep.prepare(make_config(tmp_path, captions))
+
+
+@pytest.mark.parametrize(("name", "data", "expected"), [
+    ("captions.txt", b"", "the file is empty"),
+    ("captions.txt", b"\r\n\n  \n", "the file is empty"),
+    ("captions.txt", "a.jpg#0\tA dog .\n".encode("utf-16-le"), "UTF-16 without a byte order mark"),
+    ("captions.txt", "a.jpg#0\tA dog .\n".encode("utf-16"), "UTF-16 byte order mark"),
+    ("captions.txt", b"a.jpg;A dog .\n", "cannot tell the format"),
+    ("dataset_coco.json", b'{"images": [', "not valid JSON"),
+    ("captions.csv", b"file,words\na.jpg,A dog .\n", "needs an image column"),
+], ids=["empty", "blank_lines", "utf16_no_bom", "utf16", "unknown_format", "cut_json", "csv_header"])
+def test_an_unreadable_captions_file_is_one_line_naming_it(tmp_path, name, data, expected):
+    write_image(tmp_path / "images" / "a.jpg")
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(DatasetError) as raised:
+        prep.prepare(make_config(tmp_path, path))
+    message = str(raised.value)
+    assert message.startswith(f"dataset.captions '{path}': ") and expected in message and "\n" not in message
+
+
+def test_a_split_list_in_utf16_is_named(tmp_path):
+    captions = demo_dataset(tmp_path, 3)
+    lists = {split: tmp_path / f"{split}.txt" for split in SPLITS}
+    for split, path in lists.items():
+        path.write_text(f"img_0000{SPLITS.index(split)}.png\n", encoding="utf-8")
+    lists["val"].write_text("img_00001.png\n", encoding="utf-16")
+    with pytest.raises(DatasetError, match=rf"^dataset\.split_files\.val '{lists['val']}': .*UTF-16"):
+        prep.prepare(make_config(tmp_path, captions, split_files={split: str(path) for split, path in lists.items()}))
+
+
 def test_missing_inputs_name_the_path_and_the_key(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(FileNotFoundError, match=r"dataset\.captions.*no_such_file\.txt"):
         prep.prepare(make_config(tmp_path, tmp_path / "no_such_file.txt"))
+    with pytest.raises(FileNotFoundError, match=r"dataset\.captions.*'.*images' is a folder, not a file"):
+        prep.prepare(make_config(tmp_path, tmp_path / "images"))
     captions = tmp_path / "captions.txt"
     captions.write_text("a.png#0\ta dog\n", encoding="utf-8")
     with pytest.raises(FileNotFoundError, match=r"dataset\.images.*no_such_folder"):

@@ -41,6 +41,8 @@ _TOKEN_NO_TAB = re.compile(r"^(?P<key>\S+#\d+)(?:\s+(?P<caption>.*))?$")
 
 _GLUED_NUMBER = re.compile(r"^(?P<number>\d+)\s+(?P<caption>\S.*)$")
 
+_LINE_END = "\r\n|\r|\n"  # as editors and Python's text mode read them: a lone CR ends a line too
+
 
 class CaptionLine(NamedTuple):
     """One caption as read: `line` is its line in the file (JSON: its image's position, from 1)."""
@@ -58,6 +60,7 @@ class TextFile:
     non_utf8_lines: list[int]
     crlf_lines: int
     byte_order_mark: bool
+    cr_lines: int = 0  # lines ended by a lone CR (classic Mac OS)
 
 
 def decode_text(data: bytes) -> TextFile:
@@ -67,12 +70,16 @@ def decode_text(data: bytes) -> TextFile:
         data = data[len(codecs.BOM_UTF8):]
     elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise DatasetError("the text starts with a UTF-16 byte order mark; save the file as UTF-8")
+    start = data[:4096]
+    if start.count(0) * 4 > len(start):  # UTF-16 text: every other byte of ASCII characters is 0
+        raise DatasetError("the file is not UTF-8 text (a quarter of its first bytes are 0: UTF-16 without a byte "
+                           "order mark, or a binary file); save it as UTF-8")
     non_utf8: list[int] = []
     try:
-        lines = data.decode("utf-8").split("\n")
+        lines = re.split(_LINE_END, data.decode("utf-8"))
     except UnicodeDecodeError:
         lines = []
-        for number, raw in enumerate(data.split(b"\n"), start=1):
+        for number, raw in enumerate(re.split(_LINE_END.encode(), data), start=1):
             try:
                 lines.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
@@ -80,10 +87,8 @@ def decode_text(data: bytes) -> TextFile:
                 non_utf8.append(number)
     if lines and lines[-1] == "":
         lines.pop()  # the final line end
-    crlf = sum(1 for line in lines if line.endswith("\r"))
-    if crlf:
-        lines = [line.removesuffix("\r") for line in lines]
-    return TextFile(lines, non_utf8, crlf, bom)
+    crlf = data.count(b"\r\n")
+    return TextFile(lines, non_utf8, crlf, bom, data.count(b"\r") - crlf)
 
 def decode_legacy(raw: bytes) -> str:
     """A line that is not UTF-8, read as Windows-1252 (Latin-1 plus curly quotes and dashes), the usual
@@ -104,18 +109,20 @@ def note_id(seen: dict[tuple[str, str], tuple[int, str]], key: tuple[str, str], 
 def detect_format(filename: str, lines: Sequence[str]) -> str:
     """Guess the captions format from the file name and its first non-blank line."""
     first = next((line.strip() for line in lines if line.strip()), "")
+    if not first:
+        raise DatasetError("the file is empty (no line holds text); point dataset.captions at the captions file")
     if filename.lower().endswith(".json") or first.startswith(("{", "[")):
         return "karpathy"
     key = first.split("\t", 1)[0]
-    if ("\t" in first and _TOKEN_KEY.match(key)) or filename.lower().endswith(".token"):
-        return "flickr_token"
+    if ("\t" in first and _TOKEN_KEY.match(key)) or filename.lower().endswith(".token") or _TOKEN_NO_TAB.match(first):
+        return "flickr_token"  # `IMAGE#N` first, even with spaces for the tab and a comma in the caption
     if "|" in first:
         return "pipe"
     if "," in first:
         return "csv"
-    if "\t" in first or _TOKEN_NO_TAB.match(first):
+    if "\t" in first:
         return "flickr_token"
-    raise DatasetError(f"cannot tell the format of '{filename}' from its first line {clip(first)!r}; "
+    raise DatasetError(f"cannot tell the format from its first line {clip(first)!r}; "
                        f"set dataset.format to one of {', '.join(FORMATS)}")
 
 def parse_token(lines: Sequence[str], problems: Problems) -> list[CaptionLine]:
@@ -164,7 +171,11 @@ def _fit_row(row: list[str], header: list[str], caption_column: int,
     return None
 
 def parse_delimited(lines: Sequence[str], delimiter: str, problems: Problems) -> list[CaptionLine]:
-    """Parse a table with a header row (csv: quoted fields; pipe: no quoting, stray spaces)."""
+    """Parse a table with a header row (csv: quoted fields; pipe: no quoting, stray spaces).
+
+    A caption is one line: a row that spans several (a quote left open) is dropped as malformed, one
+    count per line it swallowed.
+    """
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
     reader = csv.reader((line + "\n" for line in lines), delimiter=delimiter, quoting=quoting,
                         skipinitialspace=True)
@@ -173,8 +184,14 @@ def parse_delimited(lines: Sequence[str], delimiter: str, problems: Problems) ->
     number_column: int | None = None
     records = []
     seen: dict[tuple[str, str], tuple[int, str]] = {}
+    last_line = 0  # the line the previous row ended on
     try:
         for row in reader:
+            first_line, last_line = last_line + 1, reader.line_num
+            if last_line > first_line and header is not None:  # a quote left open swallowed the lines after it
+                problems.add("malformed_line", {"line": first_line, "text": clip(lines[first_line - 1])},
+                             count=sum(1 for line in lines[first_line - 1:last_line] if line.strip()))
+                continue
             row = [value.strip() for value in row]
             if not any(row):
                 continue
@@ -243,6 +260,8 @@ def parse_captions(text: TextFile, fmt: str, problems: Problems) -> list[Caption
         problems.add("non_utf8_line", {"line": number, "text": clip(text.lines[number - 1])})
     if text.crlf_lines:
         problems.add("crlf_line_end", count=text.crlf_lines)
+    if text.cr_lines:
+        problems.add("cr_line_end", count=text.cr_lines)
     if text.byte_order_mark:
         problems.add("byte_order_mark")
     if fmt == "flickr_token":

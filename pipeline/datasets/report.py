@@ -31,7 +31,7 @@ DROPPED = {
     "duplicate_caption": "remove the repeated (image, caption) lines",
 }
 
-FIXED = ("non_utf8_line", "repaired_line", "crlf_line_end", "byte_order_mark")
+FIXED = ("non_utf8_line", "repaired_line", "crlf_line_end", "cr_line_end", "byte_order_mark")
 
 REPORTED = {"wrong_caption_count": "images", "restval_as_train": "images",  # reason -> what is counted
             "duplicate_id": "lines", "long_caption": "captions"}
@@ -126,10 +126,29 @@ def check_dropped(report: dict[str, Any]) -> None:
     for count, reason in reasons[:3]:
         examples = json.dumps(report["dropped"][reason]["examples"][:3])
         advice = DROPPED[reason].format(format=report["format"], images=report["images"])
-        details.append(f"  {reason}: {count} captions, e.g. {examples}\n    -> {advice}")
+        details.append(f"{reason}: {count} captions, e.g. {examples} -> {advice}")
     advice = ("Fix the data" if everything else
               "Fix the data, or raise dataset.max_dropped_fraction if this loss is expected")
-    raise DatasetError(f"{headline}. Top reasons:\n" + "\n".join(details) + f"\n{advice}. Nothing was written.")
+    raise DatasetError(f"{headline}. Top reasons: " + "; ".join(details) + f". {advice}. Nothing was written.")
+
+
+def check_splits(report: dict[str, Any]) -> None:
+    """Raise DatasetError when the train or the val split is left without captions (training needs both)."""
+    empty = [split for split in ("train", "val") if report["splits"][split]["captions"] == 0]
+    if not empty:
+        return
+    source = report["split_source"]
+    if source == "split_files":
+        advice = f"list images that have captions in dataset.split_files.{empty[0]}"
+    elif source == "karpathy":
+        advice = (f"the file names no {empty[0]} images, or all of them were dropped (missing, unreadable or "
+                  f"without captions); add them, or set dataset.split_files")
+    else:
+        advice = (f"{report['total']['images']} images are too few for dataset.split_ratios to give every split one; "
+                  f"add images")
+    counts = ", ".join(f"{split} {item['images']}" for split, item in report["splits"].items())
+    raise DatasetError(f"prepare left the {' and the '.join(empty)} split without captions (images per split, from "
+                       f"{source}: {counts}); training needs train and val: {advice}. Nothing was written.")
 
 
 def no_images_found(captions: str, images: str, named: list[str], files: set[str]) -> DatasetError:

@@ -19,7 +19,11 @@ def read_split_lists(split_files: dict[str, str]) -> dict[str, str]:
         if not file.is_file():
             raise FileNotFoundError(f"dataset.split_files.{split}: '{file}' not found; fix the path in params.yaml "
                                     f"or set dataset.split_files to null for a random split")
-        for line in decode_text(file.read_bytes()).lines:
+        try:
+            lines = decode_text(file.read_bytes()).lines
+        except DatasetError as error:
+            raise DatasetError(f"dataset.split_files.{split} '{file}': {error}") from error
+        for line in lines:
             image = line.strip()
             if not image:
                 continue

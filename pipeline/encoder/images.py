@@ -115,8 +115,9 @@ def _check_error(path: Path) -> str | None:
 def read_rgb(path: str | Path) -> torch.Tensor:
     """The whole image as RGB uint8 (3, H, W), EXIF orientation applied, 16-bit scaled (65535 -> 255).
 
-    Decoding uses torchvision.io (JPEG, PNG, WebP, GIF); when it refuses the file or warns about
-    it, or for other formats, the strict PIL decoder decides. Raises ImageReadError naming the file.
+    Decoding uses torchvision.io (JPEG, PNG, GIF: the first frame of an animation, as PIL reads it);
+    when it refuses the file or warns about it, or for other formats (WebP among them: torchvision
+    ignores its EXIF orientation), the strict PIL decoder decides. Raises ImageReadError naming the file.
     """
     import torch
     from torchvision.io import ImageReadMode, decode_image
@@ -129,13 +130,15 @@ def read_rgb(path: str | Path) -> torch.Tensor:
     except IMAGE_ERRORS as error:
         raise _error(path, error) from error
     image = None
-    if header_format in ("JPEG", "PNG", "WEBP", "GIF"):
+    if header_format in ("JPEG", "PNG", "GIF"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 image = decode_image(str(path), mode=ImageReadMode.RGB, apply_exif_orientation=True)  # (3, H, W)
             except RuntimeError:
                 image = None
+        if image is not None and image.ndim == 4:  # an animated GIF: (frames, 3, H, W)
+            image = image[0]
         if any(not issubclass(warning.category, DeprecationWarning) for warning in caught):
             image = None  # a decoder warning (corrupt data): PIL decides, as in check_image
     if image is None:

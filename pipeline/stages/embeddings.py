@@ -14,6 +14,8 @@ Run: python -m pipeline.stages.embeddings
 """
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -44,7 +46,7 @@ def load_pretrained(path: str | Path) -> KeyedVectors:
     binary = path.name.endswith((".bin", ".bin.gz"))
     try:
         return KeyedVectors.load_word2vec_format(str(path), binary=binary)
-    except (ValueError, UnicodeDecodeError, EOFError) as error:
+    except (ValueError, UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as error:
         kind = "binary" if binary else "text"
         raise DatasetError(f"{path}: cannot read it as a word2vec {kind} file ({error}); "
                          "binary files must end in .bin or .bin.gz") from error

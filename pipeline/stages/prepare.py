@@ -15,8 +15,9 @@ Karpathy split JSON (the list, with examples, is in pipeline/datasets/formats.py
 
 Splits are by image, never by caption: from `dataset.split_files` when given, else from the Karpathy
 JSON, else a seeded random split of the images with `dataset.split_ratios`. When the dropped captions
-exceed `dataset.max_dropped_fraction` of the caption lines read, or none of the images the captions
-name is in the image folder, the stage fails and writes nothing. With `dataset.check_images`, every
+exceed `dataset.max_dropped_fraction` of the caption lines read, none of the images the captions
+name is in the image folder, or the train or val split is left without captions, the stage fails
+and writes nothing. With `dataset.check_images`, every
 image is decoded by the encoder's rule (pipeline/encoder/images.py `check_image`), so an image that
 would stop `features` is dropped here instead and counted as `unreadable_image`.
 
@@ -37,7 +38,15 @@ from pipeline.datasets.cleaning import (
     resolve_splits,
 )
 from pipeline.datasets.formats import decode_text, detect_format, parse_captions
-from pipeline.datasets.report import Problems, build_report, check_dropped, no_images_found, summary
+from pipeline.datasets.report import (
+    DatasetError,
+    Problems,
+    build_report,
+    check_dropped,
+    check_splits,
+    no_images_found,
+    summary,
+)
 from pipeline.datasets.splits import random_split, read_split_lists
 from pipeline.datasets.table import write_captions
 from pipeline.encoder.images import list_images, unreadable_images
@@ -56,7 +65,8 @@ def check_inputs(config: DatasetConfig) -> tuple[Path, Path]:
     """The captions file and image folder, or FileNotFoundError naming the path and the params key."""
     captions, images = Path(config.captions), Path(config.images)
     if not captions.is_file():
-        raise FileNotFoundError(f"dataset.captions: captions file '{captions}' not found; "
+        problem = "is a folder, not a file" if captions.is_dir() else "not found"
+        raise FileNotFoundError(f"dataset.captions: captions file '{captions}' {problem}; "
                                 f"fix the path in params.yaml (relative to the project root)")
     if not images.is_dir():
         problem = "is a file, not a folder" if images.exists() else "not found"
@@ -67,10 +77,13 @@ def check_inputs(config: DatasetConfig) -> tuple[Path, Path]:
 def prepare(config: DatasetConfig) -> Prepared:
     """Read, check, clean and split the dataset; raise DatasetError when too much is dropped."""
     captions_path, images_dir = check_inputs(config)
-    text = decode_text(captions_path.read_bytes())
-    fmt = detect_format(captions_path.name, text.lines) if config.format == "auto" else config.format
     problems = Problems()
-    records = parse_captions(text, fmt, problems)
+    try:
+        text = decode_text(captions_path.read_bytes())
+        fmt = detect_format(captions_path.name, text.lines) if config.format == "auto" else config.format
+        records = parse_captions(text, fmt, problems)
+    except DatasetError as error:
+        raise DatasetError(f"dataset.captions '{captions_path}': {error}") from error
     lines_read = len(records) + problems.counts["malformed_line"]
 
     available = list_images(images_dir)
@@ -97,6 +110,7 @@ def prepare(config: DatasetConfig) -> Prepared:
     rows = [(r.image, r.split, r.text) for r in records]
     report = build_report(config, fmt, split_source, lines_read, rows, histogram, problems)
     check_dropped(report)
+    check_splits(report)
     return Prepared(rows, report)
 
 def write_outputs(config: DatasetConfig, prepared: Prepared) -> None:
