@@ -78,6 +78,22 @@ def test_a_changed_dependency_changes_the_identity(project: Path) -> None:
     assert stage_identity("train", ROOT / "dvc.yaml", project / "params.yaml") != base
 
 
+def test_a_change_inside_a_linked_image_folder_changes_the_identity(tmp_path: Path) -> None:
+    """The stages read the image folder through symbolic links (list_images), so the identity does too."""
+    elsewhere = tmp_path / "disk2/photos"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "a.jpg").write_bytes(b"first")
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "b.jpg").write_bytes(b"b")
+    (images / "more").symlink_to(elsewhere, target_is_directory=True)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": {"cmd": "x", "deps": [str(images)]}}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": {"images": str(images)}}))
+    base = stage_identity("s", tmp_path / "dvc.yaml", tmp_path / "params.yaml")
+    (elsewhere / "a.jpg").write_bytes(b"other")
+    assert stage_identity("s", tmp_path / "dvc.yaml", tmp_path / "params.yaml") != base
+
+
 def test_stop_epoch_and_can_continue() -> None:
     scores = [0.1, 0.3, 0.2, 0.25, 0.2]  # best at epoch 2, then three epochs without improvement
     assert stop_epoch(scores, patience=3, higher_is_better=True) == 5
