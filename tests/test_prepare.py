@@ -307,6 +307,7 @@ def test_karpathy_flickr_keeps_its_splits_and_moves_restval_to_train(tmp_path):
         {"filename": "s.jpg", "split": "test", "sentences": sentences("A fish .", "")},
         {"split": "train", "sentences": sentences("no file name")},
         {"filename": "v.jpg", "split": "test", "sentences": sentences("A bird flies .")},
+        {"filename": "e.jpg", "split": "train", "sentences": []},
     ]
     for image in ("t.jpg", "r.jpg", "v.jpg", "s.jpg"):
         write_image(tmp_path / "images" / image)
@@ -324,6 +325,7 @@ def test_karpathy_flickr_keeps_its_splits_and_moves_restval_to_train(tmp_path):
     assert report["dropped"]["malformed_line"]["examples"][0]["line"] == 5
     assert report["dropped"]["split_conflict"]["examples"] == [{"line": 6, "image": "v.jpg", "splits": ["val", "test"]}]
     assert report["lines_read"] == 8
+    assert report["reported"]["image_without_captions"] == {"images": 1, "examples": [{"line": 7, "image": "e.jpg"}]}
 
 
 def test_karpathy_coco_uses_filepath_and_tokens_when_raw_is_missing(tmp_path):

@@ -240,6 +240,9 @@ def parse_karpathy(text: str, problems: Problems) -> list[CaptionLine]:
             continue
         filepath = fields.get("filepath")
         image = posixpath.join(filepath, filename) if isinstance(filepath, str) and filepath else filename
+        if not sentences:
+            problems.add("image_without_captions", {"line": number, "image": image})
+            continue
         if split == "restval":
             problems.add("restval_as_train", {"image": image})
             split = "train"

@@ -34,7 +34,8 @@ DROPPED = {
 FIXED = ("non_utf8_line", "repaired_line", "crlf_line_end", "cr_line_end", "byte_order_mark")
 
 REPORTED = {"wrong_caption_count": "images", "restval_as_train": "images",  # reason -> what is counted
-            "duplicate_id": "lines", "long_caption": "captions"}
+            "duplicate_id": "lines", "long_caption": "captions",
+            "image_without_captions": "images"}  # a Karpathy entry with an empty 'sentences' list
 
 IMAGE_REASONS = ("missing_image", "image_not_in_any_split", "unreadable_image")  # also count images
 
