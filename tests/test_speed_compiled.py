@@ -11,7 +11,7 @@ import torch
 
 from pipeline.model.beam_search import SearchOptions, beam_search
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig, caption_loss
-from pipeline.training.compiled import compile_decoder, compile_wanted, is_compiled, restore
+from pipeline.training.compiled import compile_decoder, compile_wanted, is_compiled, restore, try_compiled
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 PAD, START, END, V = 0, 1, 2, 40
@@ -82,3 +82,47 @@ def test_compiled_step_gives_the_same_loss_gradients_and_captions() -> None:
 
     restore(model)
     assert not is_compiled(model)
+
+
+def failing_backend(graph: torch.fx.GraphModule, example_inputs: list) -> None:
+    raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.\nmore detail")
+
+
+def one_training_batch(model: CaptionDecoder) -> None:
+    model.train()
+    features, captions = batch()
+    logits, alphas = model(features, captions)
+    caption_loss(logits, captions[:, 1:], alphas, PAD, 1.0)[0].backward()
+
+
+def test_a_compiler_failure_in_the_trial_puts_the_plain_step_back_and_says_why() -> None:
+    model = small_decoder()
+    loss, gradients = loss_and_gradients(model)
+    assert compile_decoder(model, CPU, "always", backend=failing_backend)
+    failure = try_compiled(model, CPU, lambda: one_training_batch(model))
+    assert failure == "RuntimeError: Failed to find C compiler. Please specify via CC environment variable."
+    assert not is_compiled(model)
+    assert all(parameter.grad is None for parameter in model.parameters())
+    again, again_gradients = loss_and_gradients(model)
+    torch.testing.assert_close(again, loss, rtol=0, atol=0)
+    for plain, now in zip(gradients, again_gradients, strict=True):
+        torch.testing.assert_close(now, plain, rtol=0, atol=0)
+
+
+def test_a_working_trial_keeps_the_compiled_step_the_weights_and_the_random_state() -> None:
+    model = small_decoder()
+    weights = {key: value.clone() for key, value in model.state_dict().items()}
+    assert compile_decoder(model, CPU, "always", backend="aot_eager")
+    random_state = torch.get_rng_state()
+    assert try_compiled(model, CPU, lambda: (one_training_batch(model), torch.rand(1))) is None  # draws numbers
+    assert is_compiled(model)
+    assert torch.equal(torch.get_rng_state(), random_state)  # the dropout masks of training are those of a run without the trial
+    assert all(parameter.grad is None for parameter in model.parameters())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+
+
+def test_try_compiled_does_nothing_for_a_plain_step() -> None:
+    model = small_decoder()
+    ran = []
+    assert try_compiled(model, CPU, lambda: ran.append(1)) is None and ran == []

@@ -2,6 +2,7 @@
 statistics only), two processes with DistributedDataParallel."""
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 from pipeline.datasets.table import read_captions
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.stages import train
+from pipeline.training.compiled import compile_decoder
 from pipeline.text import SPECIAL_TOKENS
 from tests.conftest import write_params
 
@@ -98,3 +100,21 @@ def test_two_processes_train_with_distributed_data_parallel(in_tiny_project: Pat
     assert checkpoint["state"]["epoch"] == 2
     assert (in_tiny_project / "runs/ddp/best.pt").is_file()
 
+
+
+def test_a_machine_where_torch_compile_fails_trains_with_the_plain_step(
+        in_tiny_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The compiled step is tried on a first batch; a compiler that fails there costs the run nothing:
+    the same weights as a run that never compiled (the trial neither updates nor draws random numbers)."""
+    from tests.test_speed_compiled import failing_backend
+
+    run_train(in_tiny_project, "plain", monkeypatch, capsys, epochs=1, compile="never", **run_paths("plain"))
+    monkeypatch.setattr(train, "compile_decoder", functools.partial(compile_decoder, backend=failing_backend))
+    out = run_train(in_tiny_project, "failing", monkeypatch, capsys, epochs=1, compile="always",
+                    **run_paths("failing"))
+    assert ("train: torch.compile failed on this machine (RuntimeError: Failed to find C compiler. Please specify "
+            "via CC environment variable.); training with the plain step") in out
+    plain = torch.load(in_tiny_project / "runs/plain/last.pt", weights_only=True)["model"]
+    fallen_back = torch.load(in_tiny_project / "runs/failing/last.pt", weights_only=True)["model"]
+    for key, value in plain.items():
+        assert torch.equal(fallen_back[key], value), key

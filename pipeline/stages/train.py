@@ -56,13 +56,26 @@ from pipeline.runtime import (
 )
 from pipeline.text import Vocabulary
 from pipeline.training.batches import bucket_batches, encode_captions
-from pipeline.training.compiled import compile_decoder
+from pipeline.training.compiled import compile_decoder, try_compiled
 from pipeline.training.epoch_log import EpochLog
 from pipeline.training.loop import build_model, load_embeddings, run_epoch
 from pipeline.training.precision import autocast_for
 from pipeline.training.resume import can_continue
 
 VALIDATION_METRICS = ("bleu4", "cider")
+
+
+class NoUpdate:
+    """An optimizer that changes nothing: a trial batch runs forward and backward, the weights stay."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.model.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        pass
 
 
 def improved(score: float, best: float | None, criterion: str) -> bool:
@@ -149,7 +162,12 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
     else:
         say(f"train: starting afresh ({reason})")
     if compile_decoder(model, device, config.compile):  # same results (tests/test_speed_compiled.py), fewer launches
-        say("train: decoder step compiled with torch.compile (train.compile)")
+        first = [torch.arange(min(config.batch_size, len(train_set)))]  # compiled now, on a batch of training's size
+        failure = try_compiled(model, device, lambda: run_epoch(model, features, train_set, first, config, device,
+                                                                 NoUpdate(model)))
+        say("train: decoder step compiled with torch.compile (train.compile)" if failure is None else
+            f"train: torch.compile failed on this machine ({failure}); training with the plain step "
+            f"(train.compile: never skips the attempt)")
     network = model
     if world_size > 1:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -17,11 +17,14 @@ torch.compile ("reduce-overhead" adds CUDA graphs).
 
 The compiled step replaces `model.step` on that instance only: the weights, `state_dict()` and
 checkpoints are unchanged, `forward` and beam search's `advance` pick it up, and `restore(model)`
-puts the plain step back. Tested on the CPU with the `aot_eager` backend (same graph capture, no
+puts the plain step back. The train stage compiles on a first batch before training (`try_compiled`)
+and, when compilation fails on the machine (no C compiler, no Triton for the GPU), says why and
+trains with the plain step. Tested on the CPU with the `aot_eager` backend (same graph capture, no
 code generation): same loss, gradients and greedy captions as the plain step. Not yet run on a GPU.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -48,6 +51,29 @@ def compile_decoder(model: CaptionDecoder, device: torch.device, setting: str = 
     # fullgraph: a graph break would silently fall back to many small graphs; fail loudly instead
     model.step = torch.compile(plain, backend=backend, mode=mode, fullgraph=True)
     return True
+
+
+def try_compiled(model: CaptionDecoder, device: torch.device, trial: Callable[[], object]) -> str | None:
+    """Run `trial` (one training batch, forward and backward, as training runs it) with the compiled
+    step, so that compilation happens now; if it fails (no C compiler or Triton for the device, a
+    backend error), put the plain step back and return the error's first line, else None.
+
+    The random state is restored afterwards and the gradients are cleared: the run that follows is
+    the one that would have run without the trial (trial must not update the weights).
+    """
+    if not is_compiled(model):
+        return None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            trial()
+        except Exception as error:  # noqa: BLE001 - any compiler failure; the plain step then runs the batch
+            restore(model)
+            cause = getattr(error, "inner_exception", None) or error  # dynamo wraps the backend's own error
+            lines = str(cause).strip().splitlines()
+            return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+        finally:
+            model.zero_grad(set_to_none=True)
+    return None
 
 
 def is_compiled(model: CaptionDecoder) -> bool:
