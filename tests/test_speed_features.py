@@ -50,6 +50,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         photo(root / f"plain{seed}.jpg", seed)
     photo(root / "rotated.jpg", 5, orientation=6)  # must be turned: decoded on the CPU, with load_image
     Image.fromarray(np.full((30, 40, 3), 90, dtype=np.uint8)).save(root / "flat.png")
+    Image.open(root / "plain3.jpg").convert("CMYK").save(root / "cmyk.jpg", quality=90)  # decoded on the CPU too
     good = (root / "plain0.jpg").read_bytes()
     (root / "broken.jpg").write_bytes(good[:len(good) // 3])  # headers fine, the scan cut short
     return root
@@ -78,11 +79,11 @@ def test_bf16_features_stay_close_to_fp32() -> None:
 
 
 def test_batch_decoding_gives_the_pixels_of_load_image(folder: Path) -> None:
-    names = ["plain0.jpg", "rotated.jpg", "plain1.jpg", "flat.png", "plain2.jpg"]
+    names = ["plain0.jpg", "rotated.jpg", "plain1.jpg", "flat.png", "plain2.jpg", "cmyk.jpg"]
     files = ImageFiles([folder / name for name in names], SIZE, raw_jpegs=True)
     items = [files[row] for row in range(len(names))]
-    # plain JPEGs travel as bytes, to be decoded together; the rotated one and the PNG come decoded
-    assert [bool(item.raw.numel()) for item in items] == [True, False, True, False, True]
+    # plain JPEGs travel as bytes, to be decoded together; the rotated one, the PNG and the CMYK come decoded
+    assert [bool(item.raw.numel()) for item in items] == [True, False, True, False, True, False]
     batch = files.collate(items)
     decoded, errors = files.to_device(batch, CPU)
     assert errors == [""] * len(names)

@@ -16,8 +16,8 @@ import torch
 from pipeline.datasets.table import read_captions
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.stages import train
-from pipeline.training.compiled import compile_decoder
 from pipeline.text import SPECIAL_TOKENS
+from pipeline.training.compiled import compile_decoder
 from tests.conftest import write_params
 
 

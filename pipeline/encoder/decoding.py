@@ -6,7 +6,7 @@ threads for cores) with `load_image`, the decoder every other part of the projec
 with nvJPEG, a batch at a time (`torchvision.io.decode_jpeg` with a list and device='cuda'): the
 workers then only read the files' bytes. It is on by default on
 CUDA, where CPU decoding of large photos is what limits the stage; PIPELINE_GPU_DECODE=0 turns it
-off. Files that are not plain JPEGs (other formats, or an EXIF rotation, which nvJPEG does not apply)
+off. Files that are not plain JPEGs (other formats, CMYK, or an EXIF rotation, which nvJPEG does not apply)
 are still decoded in the workers. nvJPEG's pixels differ from libjpeg's by a level or so here and
 there, so the cache records which decoder made them (attribute `image_decoder`).
 
@@ -70,12 +70,13 @@ def gpu_decode_wanted(device: torch.device) -> bool:
 
 
 def plain_jpeg(data: bytes) -> bool:
-    """A JPEG that needs no EXIF rotation: what nvJPEG decodes to the same picture as `load_image`."""
+    """A colour or grey JPEG that needs no EXIF rotation: what nvJPEG decodes to the same picture as
+    `load_image` (CMYK and YCCK JPEGs, which nvJPEG does not convert to RGB, are decoded in the workers)."""
     if not data.startswith(JPEG_MAGIC):
         return False
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the headers only
-            return image.getexif().get(EXIF_ORIENTATION, 1) == 1
+            return image.mode in ("RGB", "L") and image.getexif().get(EXIF_ORIENTATION, 1) == 1
     except IMAGE_ERRORS:
         return False  # let load_image report it
 
