@@ -71,7 +71,8 @@ def gpu_decode_wanted(device: torch.device) -> bool:
 
 def plain_jpeg(data: bytes) -> bool:
     """A colour or grey JPEG that needs no EXIF rotation: what nvJPEG decodes to the same picture as
-    `load_image` (CMYK and YCCK JPEGs, which nvJPEG does not convert to RGB, are decoded in the workers)."""
+    `load_image` (CMYK and YCCK JPEGs are decoded in the workers: only the CPU decoder's CMYK -> RGB
+    conversion is tested against PIL's)."""
     if not data.startswith(JPEG_MAGIC):
         return False
     try:
