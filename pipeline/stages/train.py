@@ -45,7 +45,7 @@ from pipeline.evaluation.scoring import coco_scores
 from pipeline.files import InputError, save_torch
 from pipeline.identity import stage_identity
 from pipeline.model.captioner import describe_all, search_options
-from pipeline.model.checkpoint import checkpoint_payload
+from pipeline.model.checkpoint import checkpoint_payload, read_payload
 from pipeline.runtime import (
     follow_rank_zero,
     gather,
@@ -73,9 +73,17 @@ def resume_state(path: Path, identity: str, config: TrainConfig, best_path: Path
     """The last.pt payload to continue, or None and why not."""
     if not config.resume or not path.is_file():
         return None, "no last.pt to continue" if config.resume else "train.resume is false"
-    last = torch.load(path, map_location="cpu", weights_only=True)
-    if last.get("identity") != identity or not best_path.is_file():
+    if not best_path.is_file():
+        return None, f"{best_path} is missing"
+    try:
+        last, best = read_payload(path), read_payload(best_path)
+    except InputError as error:
+        return None, str(error)
+    if not isinstance(last, dict) or last.get("identity") != identity:
         return None, f"{path} was made from other code, inputs or params"
+    if not isinstance(best, dict) or best.get("epoch") != last["state"]["best_epoch"]:
+        return None, (f"{best_path} is not the best epoch ({last['state']['best_epoch']}) of the run in {path}; "
+                      "it was replaced or written by an interrupted epoch")
     why = can_continue(last["state"]["scores"], config.epochs, config.patience, config.early_stopping != "loss")
     return (None, f"{path} cannot be continued: {why}") if why else (last, "")
 
