@@ -27,10 +27,12 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
+from pipeline.cli import run
 from pipeline.config import ConfigError, TrainConfig, load_section, params_path
 from pipeline.encoder.feature_cache import FeatureStoreError
 from pipeline.encoder.images import IMAGE_ERRORS, ImageReadError, load_image
 from pipeline.evaluation.figures import attention_grid
+from pipeline.files import InputError
 from pipeline.photos import PhotoCaptioner
 from pipeline.retrieval.likelihood import QueryError, unknown_words
 from pipeline.retrieval.ranking import Gallery, Searcher, SearchError
@@ -57,8 +59,12 @@ class Service:
         if checkpoint is None or not Path(checkpoint).is_file():
             self.message = NO_MODEL.format(checkpoint=checkpoint or "train.checkpoint")
             return
-        device = resolve_device(device_name)
-        self.captioner = PhotoCaptioner(checkpoint, device, beam_size)
+        device = resolve_device(device_name, "--device")
+        try:
+            self.captioner = PhotoCaptioner(checkpoint, device, beam_size)
+        except InputError as error:
+            self.message = f"The model cannot be loaded: {error}"
+            return
         try:
             gallery = self._gallery(Path(checkpoint), index)
         except (FileNotFoundError, FeatureStoreError, ConfigError, RuntimeError, KeyError) as error:
@@ -186,4 +192,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "app")

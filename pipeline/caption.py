@@ -25,6 +25,7 @@ from pipeline.config import (
     params_path,
 )
 from pipeline.evaluation.figures import draw_attention
+from pipeline.files import InputError
 from pipeline.model.beam_search import SearchOptions
 from pipeline.photos import PhotoCaptioner
 from pipeline.runtime import resolve_device
@@ -69,15 +70,17 @@ def parse_args(argv: Sequence[str] | None, fallback: dict[str, object]) -> argpa
     args = parser.parse_args(argv)
     if args.beam_size < 1 or args.length_penalty < 0 or args.no_repeat_ngram < 0:
         parser.error("--beam-size must be at least 1; --length-penalty and --no-repeat-ngram at least 0")
+    if args.attention is not None and args.attention.is_dir():
+        parser.error(f"--attention {args.attention} is a folder; give a PNG file name such as attention.png")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_args(argv, defaults())
-        captioner = PhotoCaptioner(args.checkpoint, resolve_device(args.device), args.beam_size,
+        captioner = PhotoCaptioner(args.checkpoint, resolve_device(args.device, "--device"), args.beam_size,
                                    args.length_penalty, args.no_repeat_ngram)
-    except (ConfigError, FileNotFoundError, RuntimeError) as error:
+    except (ConfigError, InputError, FileNotFoundError, RuntimeError) as error:
         print(f"caption: {error}", file=sys.stderr)
         return 2
     results = captioner.caption_files(args.images)

@@ -4,9 +4,10 @@
         run(main, "prepare")   # on an expected error: `prepare: <message>` on stderr, exit status 1
 
 Expected errors are the ones whose message says what to fix: a bad params key (ConfigError), bad
-data (DatasetError), a full disk (OutputError), a missing file, an unreadable image or feature
-cache. Any other exception is a bug and keeps its traceback. With PIPELINE_DEBUG=1 the traceback
-of an expected error is printed too. Ctrl-C prints `<stage>: interrupted` and exits with 130.
+data (DatasetError), a corrupt input file (InputError), a full disk (OutputError), a missing file,
+an unreadable image or feature cache. Any other exception is a bug and keeps its traceback. With
+PIPELINE_DEBUG=1 the traceback of an expected error is printed too. Ctrl-C prints `<stage>: interrupted`
+and exits with 130.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ EXPECTED_ERRORS = (
     ("pipeline.config", "ConfigError"),
     ("pipeline.datasets.report", "DatasetError"),
     ("pipeline.files", "OutputError"),
+    ("pipeline.files", "InputError"),
     ("pipeline.encoder.images", "ImageReadError"),
     ("pipeline.encoder.feature_cache", "FeatureStoreError"),
     ("pipeline.encoder.extraction", "FeatureExtractionError"),

@@ -34,6 +34,10 @@ class OutputError(RuntimeError):
     """An output cannot be written (full disk, not enough free space)."""
 
 
+class InputError(ValueError):
+    """An input file is corrupt, cut off, empty or of another kind than expected: the message names it."""
+
+
 def format_bytes(count: float) -> str:
     """A byte count for people: '512 B', '1.5 MB', '6.4 GB' (powers of 1000, as df -H shows)."""
     for unit in ("B", "kB", "MB", "GB", "TB"):

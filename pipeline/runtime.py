@@ -28,17 +28,24 @@ def resolve_precision(precision: str, device: "torch.device") -> str:
     return "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
 
 
-def resolve_device(name: str) -> "torch.device":
-    """'auto' -> cuda when available else cpu; otherwise the named device, checked."""
+def resolve_device(name: str, key: str | None = None) -> "torch.device":
+    """'auto' -> cuda when available else cpu; otherwise the named device, checked (errors name `key`)."""
     import torch  # imported here so that stages without a model start fast
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda":
         from pipeline.config import ConfigError
 
-        raise ConfigError(f"device '{name}' was asked for but CUDA is not available; set it to auto or cpu")
+        where, what = (f"{key}: ", key) if key else ("", "it")
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{where}device '{name}' was asked for but CUDA is not available; set {what} to auto "
+                              "or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{where}device '{name}' was asked for but this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s), cuda:0 onwards; set {what} to auto or "
+                              "an existing device")
     return device
 
 
@@ -51,7 +58,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start_processes(device_name: str) -> tuple[int, int, "torch.device"]:
+def start_processes(device_name: str, key: str | None = None) -> tuple[int, int, "torch.device"]:
     """(rank, world size, device); joins the process group when started by torchrun.
 
     On CUDA each process takes the GPU of its LOCAL_RANK; the backend is nccl on GPUs, gloo on CPUs.
@@ -60,7 +67,7 @@ def start_processes(device_name: str) -> tuple[int, int, "torch.device"]:
     import torch.distributed as dist
 
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, key)
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, EvaluateConfig, RetrievalConfig, TrainConfig, load_section, params_path
 from pipeline.encoder.feature_cache import FeatureStoreError
+from pipeline.files import InputError
 from pipeline.model.beam_search import SearchOptions
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.retrieval.likelihood import QueryError, unknown_words
@@ -29,7 +30,8 @@ from pipeline.retrieval.ranking import RankingOptions, Searcher, SearchError
 from pipeline.runtime import resolve_device
 from pipeline.text import Vocabulary
 
-ERRORS = (ConfigError, FileNotFoundError, FeatureStoreError, RuntimeError, QueryError, SearchError, KeyError)
+ERRORS = (ConfigError, InputError, FileNotFoundError, FeatureStoreError, RuntimeError, QueryError, SearchError,
+          KeyError)
 
 
 def project_defaults() -> tuple[str | None, int, RankingOptions]:
@@ -56,7 +58,7 @@ def index_main(argv: Sequence[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
-    captioner = PhotoCaptioner(args.checkpoint, resolve_device(args.device), args.beam_size)
+    captioner = PhotoCaptioner(args.checkpoint, resolve_device(args.device, "--device"), args.beam_size)
     report = update_index(captioner, args.photos, args.index, args.batch_size)
     for name, why in sorted(report.skipped.items()):
         print(f"index: skipped {name}: {why}", file=sys.stderr)
@@ -83,7 +85,7 @@ def search_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.top < 1 or args.candidates < 0:
         parser.error("--top must be at least 1 and --candidates at least 0")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     model, payload = load_checkpoint(args.checkpoint, device)
     vocabulary = Vocabulary(tuple(payload["vocabulary"]))
     if args.index is not None:

@@ -198,6 +198,16 @@ def test_without_a_model_the_page_says_what_to_run(tmp_path: Path) -> None:
         service.search("a red circle", 5)
 
 
+def test_a_damaged_model_is_said_on_the_page(tmp_path: Path) -> None:
+    damaged = tmp_path / "best.pt"
+    damaged.write_bytes(b"")
+    service = Service(damaged, None, "cpu")
+    assert service.message.startswith(f"The model cannot be loaded: {damaged} cannot be loaded: it is cut off")
+    with pytest.raises(HTTPException) as refused:
+        service.caption(b"anything")
+    assert refused.value.status_code == 503 and refused.value.detail == service.message
+
+
 def test_too_large_uploads_are_refused(tmp_path: Path) -> None:
     with pytest.raises(HTTPException) as refused:
         check_photo(b"0" * (MAX_BYTES + 1))

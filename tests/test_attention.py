@@ -9,6 +9,7 @@ import torch
 
 from pipeline.evaluation.attention import attention_correctness, load_objects, peak_point
 from pipeline.evaluation.figures import attention_grid, draw_attention
+from pipeline.files import InputError
 from pipeline.model.captioner import Caption
 
 
@@ -74,16 +75,25 @@ def test_words_naming_nothing_in_the_image_are_counted_apart_not_scored() -> Non
 
 def test_load_objects_checks_the_images(tmp_path: Path) -> None:
     path = tmp_path / "objects.json"
-    path.write_text(json.dumps({"a.png": [], "b.png": [{"colour": "red"}]}), encoding="utf-8")
-    path.write_text(json.dumps({"a.png": [{"colour": "green", "shape": "cross"}],
-                                "b.png": [{"colour": "red", "shape": "circle"}]}), encoding="utf-8")
+    green, red = ({"colour": "green", "shape": "cross", "box": [0, 0, 4, 4]},
+                  {"colour": "red", "shape": "circle", "box": [1, 2, 5.5, 6]})
+    path.write_text(json.dumps({"a.png": [green], "b.png": [red]}), encoding="utf-8")
     # the boxes of the images asked for; the words of the whole file
-    assert load_objects(path, ["b.png"]) == ({"b.png": [{"colour": "red", "shape": "circle"}]},
-                                             ({"green", "red"}, {"cross", "circle"}))
-    with pytest.raises(KeyError, match="c.png"):
+    assert load_objects(path, ["b.png"]) == ({"b.png": [red]}, ({"green", "red"}, {"cross", "circle"}))
+    with pytest.raises(InputError, match=r"objects\.json has no boxes for 1 evaluated images \(first: c\.png\)"):
         load_objects(path, ["a.png", "c.png"])
     with pytest.raises(FileNotFoundError, match="evaluate.objects"):
         load_objects(tmp_path / "none.json", ["a.png"])
+
+
+@pytest.mark.parametrize("text", ['{"a.png": [', "[1, 2]", '{"a.png": {"colour": "red"}}',
+                                  '{"a.png": [{"colour": "red", "shape": "circle"}]}',
+                                  '{"a.png": [{"colour": "red", "shape": "circle", "box": "0 0 4 4"}]}'])
+def test_a_malformed_objects_file_is_one_error_naming_it(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "objects.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=r"objects\.json is not .*set evaluate\.objects to null"):
+        load_objects(path, ["a.png"])
 
 
 def test_draw_attention_writes_a_png(tmp_path: Path) -> None:

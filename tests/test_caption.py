@@ -81,3 +81,22 @@ def test_attention_paths() -> None:
         [Path("d/out_a.png"), Path("d/out_b.png")]
     twice = caption.attention_paths(Path("out.png"), [Path("x/a.jpg"), Path("y/a.jpg"), Path("x/a.jpg")])
     assert twice[1] == Path("out_y_a.png") and len(set(twice)) == 3  # the same file given twice: still two figures
+
+
+def test_an_attention_folder_is_refused_and_kept(in_trained_project: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = in_trained_project / "figures"
+    folder.mkdir(exist_ok=True)
+    (folder / "keep.png").write_bytes(b"an earlier figure")
+    with pytest.raises(SystemExit) as exited:
+        caption.main([str(dataset_images(in_trained_project, 1)[0]), "--attention", str(folder)])
+    assert exited.value.code == 2 and "is a folder; give a PNG file name" in capsys.readouterr().err
+    assert (folder / "keep.png").read_bytes() == b"an earlier figure"
+
+
+def test_a_damaged_checkpoint_is_one_line(in_trained_project: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    damaged = tmp_path / "best.pt"
+    damaged.write_bytes((in_trained_project / "data/train/best.pt").read_bytes()[:5000])
+    assert caption.main([str(dataset_images(in_trained_project, 1)[0]), "--checkpoint", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"caption: {damaged} cannot be loaded: it is cut off") and err.count("\n") == 1

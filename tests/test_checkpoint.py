@@ -6,8 +6,9 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.model.checkpoint import checkpoint_payload, load_checkpoint
-from tests.tiny_models import E, V, generate, make_features, make_model, padded
+from pipeline.files import InputError
+from pipeline.model.checkpoint import check_features, checkpoint_payload, load_checkpoint
+from tests.tiny_models import E, H, V, generate, make_features, make_model, padded
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,3 +47,48 @@ def test_checkpoint_round_trip(tmp_path):
 def test_load_checkpoint_names_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothing\.pt: checkpoint not found; run `dvc repro train`"):
         load_checkpoint(tmp_path / "nothing.pt")
+
+
+def saved_checkpoint(path, **changes):
+    """A checkpoint of a tiny model saved at `path`, with `changes` made to its payload."""
+    vocabulary = ["<pad>", "<start>", "<end>", "<unk>", *(f"w{i}" for i in range(V - 4))]
+    payload = checkpoint_payload(make_model(), vocabulary, {"weights": "none", "image_size": 64, "grid": 2})
+    torch.save({**payload, **changes}, path)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["cut_off", "empty", "text", "a_list"])
+def test_a_damaged_checkpoint_is_one_error_naming_it(tmp_path, damage):
+    path = saved_checkpoint(tmp_path / "best.pt")
+    whole = path.read_bytes()
+    if damage == "cut_off":
+        path.write_bytes(whole[:len(whole) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "text":
+        path.write_text("not a checkpoint\n")
+    else:
+        torch.save([1, 2, 3], path)
+    with pytest.raises(InputError, match=r"best\.pt .*(cut off|not a captioning checkpoint).*`dvc repro train`") as error:
+        load_checkpoint(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_checkpoint_whose_parts_do_not_fit_is_refused(tmp_path):
+    config = dataclasses.asdict(make_model().config)
+    with pytest.raises(InputError, match="weights do not fit its model_config"):
+        load_checkpoint(saved_checkpoint(tmp_path / "wider.pt", model_config={**config, "decoder_dim": H * 2}))
+    with pytest.raises(InputError, match="weights do not fit its model_config"):
+        load_checkpoint(saved_checkpoint(tmp_path / "newer.pt", model_config={**config, "layers": 2}))
+    with pytest.raises(InputError, match=f"holds 3 vocabulary words for a model of {V}"):
+        load_checkpoint(saved_checkpoint(tmp_path / "words.pt", vocabulary=["<pad>", "<start>", "<end>"]))
+
+
+def test_features_from_another_encoder_or_of_another_size_are_refused(tmp_path):
+    model, payload = load_checkpoint(saved_checkpoint(tmp_path / "best.pt"))
+    made = payload["encoder"]
+    check_features(model, made, "features.h5", {**made, "torch_version": "other"}, E)  # the same encoder: fine
+    with pytest.raises(InputError, match=f"features.h5 holds {E * 2}-dim features but the checkpoint's model reads {E}"):
+        check_features(model, made, "features.h5", made, E * 2)
+    with pytest.raises(InputError, match=r"another encoder .*\(image_size 128, not 64, grid 4, not 2\)"):
+        check_features(model, made, "features.h5", {**made, "image_size": 128, "grid": 4}, E)

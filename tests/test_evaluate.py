@@ -78,3 +78,44 @@ def test_evaluate_without_object_boxes(trained_project: Path, monkeypatch: pytes
     assert metrics["images"] == len(predictions) == 6
     assert metrics["bleu1"] == pytest.approx(corpus_bleu1(predictions), abs=1e-6)
     assert list((trained_project / "data/evaluate_no_objects/attention").iterdir()) == []
+
+
+@pytest.mark.parametrize("fault", ["empty_split", "objects_not_json", "objects_of_another_kind",
+                                   "features_of_another_encoder", "features_of_another_size"])
+def test_bad_inputs_stop_evaluate_in_one_line_before_decoding(trained_project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path, fault: str) -> None:
+    import numpy as np
+
+    from pipeline.encoder.feature_cache import FeatureStore
+    from pipeline.files import InputError
+    from tests.conftest import write_feature_cache
+
+    table, objects, cache = (trained_project / "data/prepared/captions.csv", trained_project / "data/shapes/objects.json",
+                             trained_project / "data/features/features.h5")
+    if fault == "empty_split":
+        lines = table.read_text().splitlines()
+        table = tmp_path / "captions.csv"
+        table.write_text("\n".join(line for line in lines if ",test," not in line) + "\n")
+    elif fault.startswith("objects"):
+        objects = tmp_path / "objects.json"
+        objects.write_text('{"img_00001.png": [{"colour"' if fault == "objects_not_json" else '{"img_00001.png": 3}')
+    else:
+        store = FeatureStore(cache)
+        features = store.load().numpy()
+        attrs = {**store.attrs, "image_size": 96, "grid": 3} if fault == "features_of_another_encoder" else store.attrs
+        if fault == "features_of_another_size":
+            features = np.concatenate([features, features], axis=2)
+        cache = write_feature_cache(tmp_path / "features.h5", store.names, features, attrs)
+    params = write_params(tmp_path / "params.yaml", {
+        "dataset": {"table": str(table)}, "encoder": {"cache": str(cache)},
+        "evaluate": {"objects": str(objects), "out_dir": str(tmp_path / "evaluate"),
+                     "metrics": str(tmp_path / "evaluate.json")}}, tiny=True)
+    monkeypatch.setattr(evaluate, "describe_all", lambda *args, **kwargs: pytest.fail("decoded before the check"))
+    expected = {"empty_split": r"no test captions in .*captions\.csv; check evaluate\.split",
+                "objects_not_json": r"objects\.json is not valid JSON",
+                "objects_of_another_kind": r"objects\.json is not an object-box file",
+                "features_of_another_encoder": r"features\.h5 was made by another encoder .*image_size 96, not 64",
+                "features_of_another_size": r"features\.h5 holds 4096-dim features but the checkpoint's model reads 2048"}
+    with pytest.raises(InputError, match=expected[fault]):
+        run_evaluate(trained_project, monkeypatch, params)
+    assert not (tmp_path / "evaluate").exists() and not (tmp_path / "evaluate.json").exists()

@@ -2,6 +2,7 @@
 epoch of run_epoch, the embedding checks, and each process's share of the batches."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,10 @@ import torch
 from pipeline.config import ModelConfig, TrainConfig, load_section
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
+from pipeline.files import InputError
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
 from pipeline.training.batches import encode_captions
-from pipeline.training.loop import build_model, load_embeddings, run_epoch
+from pipeline.training.loop import build_model, load_embeddings, load_vocabulary, run_epoch
 from tests.conftest import ROOT, write_feature_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,7 +87,29 @@ def test_validation_epoch_changes_nothing(tmp_path: Path) -> None:
 def test_embeddings_must_match_the_vocabulary(tmp_path: Path) -> None:
     path = tmp_path / "embeddings.npy"
     np.save(path, np.zeros((3, 8), dtype=np.float32))
-    with pytest.raises(ValueError, match="vocabulary has 5 words"):
+    with pytest.raises(InputError, match="vocabulary has 5 words"):
         load_embeddings(path, Vocabulary((*SPECIAL_TOKENS, "a")))
     with pytest.raises(FileNotFoundError, match="dvc repro embeddings"):
         load_embeddings(tmp_path / "missing.npy", Vocabulary((*SPECIAL_TOKENS, "a")))
+
+
+@pytest.mark.parametrize("damage", ["cut_off", "empty", "pickled"])
+def test_a_damaged_embedding_matrix_is_one_error_naming_it(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "embeddings.npy"
+    np.save(path, np.zeros((5, 8), dtype=np.float32))
+    if damage == "pickled":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        path.write_bytes(path.read_bytes()[:60] if damage == "cut_off" else b"")
+    with pytest.raises(InputError, match=r"embeddings\.npy cannot be read as an embedding matrix .*dvc repro embeddings"):
+        load_embeddings(path, Vocabulary((*SPECIAL_TOKENS, "a")))
+
+
+@pytest.mark.parametrize("text", ['{"words": ["<pad>"', '["<pad>"]', '{"counts": {}}', '{"words": ["a", "b"]}'])
+def test_a_damaged_vocabulary_is_one_error_naming_it(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "vocab.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=r"vocab\.json is not a vocabulary file .*dvc repro vocab"):
+        load_vocabulary(path)
+    path.write_text(json.dumps({"words": list(VOCABULARY.words)}), encoding="utf-8")
+    assert load_vocabulary(path) == VOCABULARY

@@ -131,3 +131,35 @@ def test_resume_continues_only_the_same_run(project: Path, capsys: pytest.Captur
     assert torch.load(project / "data/train/last.pt", weights_only=True)["state"]["epoch"] == 1
     other = run_train(project, capsys, epochs=1, lr=0.002)
     assert "was made from other code, inputs or params" in other
+
+
+def test_a_damaged_or_foreign_last_or_best_checkpoint_starts_afresh_saying_why(tmp_path: Path) -> None:
+    from pipeline.config import TrainConfig
+    from pipeline.stages.train import resume_state
+    from tests.conftest import params_with
+
+    config = TrainConfig.model_validate(params_with(tiny=True)["train"])
+    last_path, best_path = tmp_path / "last.pt", tmp_path / "best.pt"
+    state = {"epoch": 3, "scores": [3.0, 2.0, 2.5], "best_score": 2.0, "best_epoch": 2}
+    torch.save({"state": state, "identity": "run"}, last_path)
+    torch.save({"epoch": 2}, best_path)
+    last, reason = resume_state(last_path, "run", config, best_path)
+    assert last is not None and last["state"] == state and not reason
+
+    torch.save({"epoch": 3}, best_path)  # killed after best.pt of epoch 4 was written, before last.pt
+    assert resume_state(last_path, "run", config, best_path) == (
+        None, f"{best_path} is not the best epoch (2) of the run in {last_path}; "
+              "it was replaced or written by an interrupted epoch")
+    torch.save({"epoch": 2}, best_path)
+    for damaged in (last_path, best_path):
+        whole = damaged.read_bytes()
+        for broken in (whole[:len(whole) // 2], b""):
+            damaged.write_bytes(broken)
+            last, reason = resume_state(last_path, "run", config, best_path)
+            assert last is None and reason.startswith(f"{damaged} cannot be loaded: it is cut off, empty or not a "
+                                                      "checkpoint")
+        damaged.write_bytes(whole)
+    torch.save([1, 2], last_path)
+    assert resume_state(last_path, "run", config, best_path)[1] == f"{last_path} was made from other code, inputs or params"
+    best_path.unlink()
+    assert resume_state(last_path, "run", config, best_path) == (None, f"{best_path} is missing")

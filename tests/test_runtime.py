@@ -33,3 +33,16 @@ def test_seed_everything_repeats_the_random_streams() -> None:
     first = torch.rand(2)
     runtime.seed_everything(3)
     assert torch.equal(torch.rand(2), first)
+
+
+def test_a_missing_gpu_names_the_setting_and_a_gpu_past_the_last_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^evaluate\.device: device 'cuda' was asked for but CUDA is not available; "
+                                          r"set evaluate\.device to auto or cpu$"):
+        runtime.resolve_device("cuda", "evaluate.device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert runtime.resolve_device("cuda:1", "train.device") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"^train\.device: device 'cuda:2' was asked for but this machine has 2 CUDA "
+                                          r"device\(s\), cuda:0 onwards"):
+        runtime.resolve_device("cuda:2", "train.device")

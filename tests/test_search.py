@@ -129,3 +129,50 @@ def test_an_empty_folder_makes_an_empty_index_that_says_so(photos: Path, tmp_pat
     assert summary(capsys)[0].startswith("index: 0 photos indexed (0 encoded")
     assert search.main(["a red circle", "--index", str(empty / ".caption-index")]) == 2
     assert "the index is empty" in capsys.readouterr().err
+
+
+def test_deleted_photos_are_left_out_of_the_search_and_reported(photos: Path, one_thread: None,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    assert search.main(["index", str(photos)]) == 0
+    (photos / "img_00000.png").unlink()
+    capsys.readouterr()
+    assert search.main(["a red circle", "--index", str(photos / ".caption-index"), "--top", "5"]) == 0
+    captured = capsys.readouterr()
+    assert f"1 of 3 indexed photos are no longer in {photos.resolve()} (first: img_00000.png)" in captured.err
+    shown = [Path(line.split("\t")[2]) for line in captured.out.splitlines()]
+    assert len(shown) == 2 and all(path.is_file() for path in shown)
+
+
+def test_a_damaged_manifest_is_reported_and_indexing_starts_over(photos: Path, one_thread: None,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    assert search.main(["index", str(photos)]) == 0
+    manifest = photos / ".caption-index/captions.json"
+    for damage in ('{"photos": "', '{"files": []}'):
+        manifest.write_text(damage)
+        capsys.readouterr()
+        assert search.main(["a red circle", "--index", str(photos / ".caption-index")]) == 2
+        err = capsys.readouterr().err
+        assert "captions.json is" in err and "run `python -m pipeline.search index` on its folder again" in err
+    # features.h5 names a photo that the (lost) manifest does not, and that photo is gone
+    (photos / "img_00000.png").unlink()
+    assert search.main(["index", str(photos)]) == 0
+    out, err = summary(capsys)
+    assert "encoding every photo again" in err and out.startswith("index: 2 photos indexed (2 encoded, 2 captioned")
+    assert len(open_index(photos / ".caption-index")) == 2
+
+
+def test_a_damaged_caption_cache_of_the_dataset_is_made_again(photos: Path, trained_project: Path, tmp_path: Path,
+                                                              one_thread: None, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    from tests.conftest import write_params
+
+    cache = tmp_path / "captions.json"
+    monkeypatch.setenv("PIPELINE_PARAMS", str(write_params(tmp_path, {"retrieval": {"captions": str(cache)}},
+                                                           tiny=True)))
+    for damage in ('{"captions": {"img_00000.png": "a red', '{"captions": ["a red circle"]}'):
+        cache.write_text(damage)
+        assert search.main(["a red circle", "--top", "3"]) == 0
+        captured = capsys.readouterr()
+        assert f"{cache} is " in captured.out and "making it again" in captured.out
+        assert "captioning 30 images once" in captured.out and len(captured.out.strip().splitlines()) == 5
+        assert len(json.loads(cache.read_text())["captions"]) == 30

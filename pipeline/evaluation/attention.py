@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pipeline.evaluation.figures import attention_grid
+from pipeline.files import InputError
 from pipeline.model.captioner import Caption
 
 
@@ -87,15 +88,30 @@ def bootstrap_std(per_image: np.ndarray, resamples: int = 1000, seed: int = 0) -
     return float(rates.std())
 
 
+def is_object(item: object) -> bool:
+    """Whether `item` is one object of objects.json: {"colour": str, "shape": str, "box": [x0, y0, x1, y1]}."""
+    return (isinstance(item, dict) and isinstance(item.get("colour"), str) and isinstance(item.get("shape"), str)
+            and isinstance(item.get("box"), list) and len(item["box"]) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in item["box"]))
+
+
 def load_objects(path: Path, names: Sequence[str]) -> tuple[dict[str, list[dict]], tuple[set[str], set[str]]]:
     """Object boxes of the named images from the shapes demo's objects.json, and the colour and shape
     words of the whole file (a word that no evaluated image has is still a colour or shape word)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: object boxes not found (params.yaml evaluate.objects); "
                                 "set evaluate.objects to null for datasets without boxes")
-    objects = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        objects = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise InputError(f"{path} is not valid JSON ({error}); redraw it with `dvc repro shapes` "
+                         "or set evaluate.objects to null") from error
+    if not isinstance(objects, dict) or not all(isinstance(boxes, list) and all(map(is_object, boxes))
+                                                for boxes in objects.values()):
+        raise InputError(f"{path} is not an object-box file ({{image: [{{colour, shape, box: [x0, y0, x1, y1]}}]}}); "
+                         "redraw it with `dvc repro shapes` or set evaluate.objects to null")
     missing = [n for n in names if n not in objects]
     if missing:
-        raise KeyError(f"{path} has no boxes for {len(missing)} evaluated images (first: {missing[0]}); "
-                       "it does not belong to this dataset: set evaluate.objects to null")
+        raise InputError(f"{path} has no boxes for {len(missing)} evaluated images (first: {missing[0]}); "
+                         "it does not belong to this dataset: set evaluate.objects to null")
     return {n: objects[n] for n in names}, object_words(objects)

@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline.files import InputError
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig
+
+# what torch.load raises for a file that is cut off, empty or not a checkpoint
+LOAD_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, ValueError,
+               TypeError, AttributeError, IndexError)
+REQUIRED = ("model_config", "state_dict", "vocabulary", "encoder")
+ENCODER_KEYS = ("architecture", "weights", "weights_sha256", "image_size", "grid")  # what decides the features
 
 
 def checkpoint_payload(model: CaptionDecoder, vocabulary: list[str], encoder: dict[str, Any],
@@ -17,12 +27,55 @@ def checkpoint_payload(model: CaptionDecoder, vocabulary: list[str], encoder: di
             "vocabulary": list(vocabulary), "encoder": dict(encoder), **extra}
 
 
+def read_payload(path: str | Path, device: torch.device | str = "cpu") -> Any:
+    """torch.load(path) with weights_only; a file that cannot be loaded raises InputError naming it."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError, torch.OutOfMemoryError):
+        raise
+    except LOAD_ERRORS as error:
+        detail = " ".join(str(error).split()).split(". ")[0][:200]
+        raise InputError(f"{path} cannot be loaded: it is cut off, empty or not a checkpoint "
+                         f"({type(error).__name__}{': ' + detail if detail else ''})") from error
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[CaptionDecoder, dict[str, Any]]:
     """Rebuild the decoder from a checkpoint (eval mode) and return it with the whole payload."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found; run `dvc repro train` (or `dvc pull`) first")
-    payload = torch.load(path, map_location=device, weights_only=True)
-    model = CaptionDecoder(DecoderConfig(**payload["model_config"]))
-    model.load_state_dict(payload["state_dict"])
+    retrain = "make it again (`dvc repro train`, or `dvc pull` it) or give another checkpoint"
+    try:
+        payload = read_payload(path, device)
+    except InputError as error:
+        raise InputError(f"{error}; {retrain}") from error
+    missing = [key for key in REQUIRED if not isinstance(payload, dict) or key not in payload]
+    if missing:
+        raise InputError(f"{path} is not a captioning checkpoint (no {', '.join(missing)}); {retrain}")
+    try:
+        model = CaptionDecoder(DecoderConfig(**payload["model_config"]))
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, RuntimeError) as error:
+        raise InputError(f"{path}: its weights do not fit its model_config, the checkpoint is damaged or of "
+                         f"another version ({' '.join(str(error).split())[:200]}); {retrain}") from error
+    if len(payload["vocabulary"]) != model.config.vocab_size:
+        raise InputError(f"{path} holds {len(payload['vocabulary'])} vocabulary words for a model of "
+                         f"{model.config.vocab_size}; {retrain}")
     return model.to(device).eval(), payload
+
+
+def check_features(model: CaptionDecoder, encoder: Mapping[str, Any], cache: str | Path,
+                   cache_attrs: Mapping[str, Any], feature_dim: int) -> None:
+    """Refuse a feature cache the model was not trained on: other feature sizes, or another encoder.
+
+    `encoder` is the checkpoint's record of the encoder its training features came from.
+    """
+    if feature_dim != model.config.encoder_dim:
+        raise InputError(f"{cache} holds {feature_dim}-dim features but the checkpoint's model reads "
+                         f"{model.config.encoder_dim}; rerun `dvc repro` so that features and train agree")
+    differ = [key for key in ENCODER_KEYS if key in encoder and str(encoder[key]) != str(cache_attrs.get(key))]
+    if differ:
+        shown = ", ".join(f"{key} {cache_attrs.get(key)!r}, not {encoder[key]!r}" for key in differ)
+        raise InputError(f"{cache} was made by another encoder than the checkpoint was trained on ({shown}); "
+                         "rerun `dvc repro` so that features and train agree")

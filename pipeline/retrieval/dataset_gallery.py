@@ -23,6 +23,22 @@ from pipeline.retrieval.ranking import Gallery
 from pipeline.text import Vocabulary
 
 
+def read_cache(path: Path) -> dict:
+    """The caption cache, or {} when there is none or it cannot be read (said: its captions are made again)."""
+    if not path.is_file():
+        return {}
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # cut off, not JSON, not UTF-8
+        print(f"search: {path} is unreadable ({error}); making it again")
+        return {}
+    captions = cached.get("captions") if isinstance(cached, dict) else None
+    if not isinstance(captions, dict) or not all(isinstance(text, str) for text in captions.values()):
+        print(f"search: {path} is not a caption cache; making it again")
+        return {}
+    return cached
+
+
 def dataset_gallery(model: CaptionDecoder, vocabulary: Vocabulary, checkpoint: Path,
                     device: torch.device) -> Gallery:
     """Every image of the prepared table, all splits, with its cached features and generated caption."""
@@ -36,7 +52,7 @@ def dataset_gallery(model: CaptionDecoder, vocabulary: Vocabulary, checkpoint: P
     key = {"checkpoint_sha256": file_sha256(Path(checkpoint)),
            "options": [options.beam_size, options.length_penalty, options.no_repeat_ngram, list(options.banned)]}
     path = Path(config.captions)
-    cached = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    cached = read_cache(path)
     captions: dict[str, str] = cached.get("captions", {}) if {k: cached.get(k) for k in key} == key else {}
     todo = [name for name in names if name not in captions]
     if todo:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ FEATURES_FILE, CAPTIONS_FILE, PARTIAL_FILE = "features.h5", "captions.json", ".f
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 DTYPE = "float16"
 COPY_ROWS = 256
+MANIFEST_KEYS = ("files", "captions", "skipped")
 
 
 class PhotoIndexError(RuntimeError):
@@ -85,7 +87,13 @@ def read_manifest(index_dir: Path) -> dict[str, Any]:
     path = Path(index_dir) / CAPTIONS_FILE
     if not path.is_file():
         return {"files": {}, "captions": {}, "skipped": {}}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # cut off, not JSON, not UTF-8
+        raise PhotoIndexError(f"{path} is unreadable ({error})") from error
+    if not isinstance(manifest, dict) or not all(isinstance(manifest.get(key), dict) for key in MANIFEST_KEYS):
+        raise PhotoIndexError(f"{path} is not a photo index manifest (it needs {', '.join(MANIFEST_KEYS)})")
+    return manifest
 
 
 def indexed_names(features: Path, attrs: dict[str, Any]) -> tuple[list[str], str | None]:
@@ -171,11 +179,15 @@ def update_index(captioner: PhotoCaptioner, photos: Path, index_dir: Path | None
     stamps = {name: file_stamp(photos / name) for name in names}
     # the encoder's provenance, less the dataset's image list that the checkpoint also records
     attrs = {**{k: v for k, v in captioner.encoder_info.items() if k != "images_sha256"}, "dtype": DTYPE}
-    manifest = read_manifest(index_dir)
+    try:
+        manifest = read_manifest(index_dir)
+    except PhotoIndexError as error:
+        print(f"index: encoding every photo again: {error}", file=sys.stderr)
+        manifest = {"files": {}, "captions": {}, "skipped": {}}
     old, reason = indexed_names(features, attrs)
     if reason:
         print(f"index: encoding every photo again: {features} cannot be kept: {reason}")
-    kept = [name for name in old if manifest["files"].get(name) == stamps.get(name)]
+    kept = [name for name in old if name in stamps and manifest["files"].get(name) == stamps[name]]
     new = sorted(set(names) - set(kept))
     num_regions = int(captioner.encoder_info["grid"]) ** 2
     encoded, skipped = 0, {}
@@ -207,7 +219,10 @@ def open_index(index_dir: Path, checkpoint: Path | None = None) -> Gallery:
     if not features.is_file() or not manifest_path.is_file():
         raise PhotoIndexError(f"{index_dir} is not a photo index; "
                               "make it with `python -m pipeline.search index PHOTOS_DIR`")
-    manifest = read_manifest(index_dir)
+    try:
+        manifest = read_manifest(index_dir)
+    except PhotoIndexError as error:
+        raise PhotoIndexError(f"{error}; run `python -m pipeline.search index` on its folder again") from error
     store = FeatureStore(features)
     missing = [name for name in store.names if name not in manifest["captions"]]
     if missing:
@@ -217,5 +232,11 @@ def open_index(index_dir: Path, checkpoint: Path | None = None) -> Gallery:
         raise PhotoIndexError(f"{index_dir} was made with another model than {checkpoint}; "
                           f"run `python -m pipeline.search index` on its folder again")
     folder = Path(manifest["photos"])
-    return Gallery(list(store.names), [folder / name for name in store.names],
-                   [manifest["captions"][name] for name in store.names], store, np.arange(len(store)))
+    present = [row for row, name in enumerate(store.names) if (folder / name).is_file()]
+    gone = sorted(set(store.names) - {store.names[row] for row in present})
+    if gone:
+        print(f"search: {len(gone)} of {len(store)} indexed photos are no longer in {folder} (first: {gone[0]}) "
+              f"and are left out; run `python -m pipeline.search index {folder}` to update the index", file=sys.stderr)
+    names = [store.names[row] for row in present]
+    return Gallery(names, [folder / name for name in names], [manifest["captions"][name] for name in names], store,
+                   np.array(present, dtype=np.int64))

@@ -36,26 +36,45 @@ from pipeline.evaluation.attention import attention_correctness, load_objects
 from pipeline.evaluation.diversity import caption_diversity
 from pipeline.evaluation.figures import draw_attention
 from pipeline.evaluation.scoring import coco_scores, require_java
-from pipeline.files import atomic_path, write_json
+from pipeline.files import InputError, atomic_paths, json_text, write_json
 from pipeline.model.captioner import describe_all, search_options
-from pipeline.model.checkpoint import load_checkpoint
+from pipeline.model.checkpoint import check_features, load_checkpoint
 from pipeline.runtime import resolve_device
 from pipeline.text import Vocabulary
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image: the object boxes are in the original image's pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as error:  # PIL's UnidentifiedImageError among them
+        raise InputError(f"{path}: cannot read the image's size for attention correctness ({error}); "
+                         "rerun `dvc repro prepare` or set evaluate.objects to null") from error
 
 
 def main() -> None:
     dataset, encoder_config = load_section(DatasetConfig), load_section(EncoderConfig)
     train_config, config = load_section(TrainConfig), load_section(EvaluateConfig)
     require_java()  # fail before the slow part, not after it
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, "evaluate.device")
     model, payload = load_checkpoint(train_config.checkpoint, device)
     vocabulary = Vocabulary(tuple(payload["vocabulary"]))
     table = read_captions(dataset.table, config.split)
     if table.empty:
-        raise ValueError(f"no {config.split} captions in {dataset.table}; check evaluate.split")
+        raise InputError(f"no {config.split} captions in {dataset.table}; check evaluate.split and "
+                         "dataset.split_ratios / split_files")
     references = references_by_image(table)
     names = sorted(references)
-    features = FeatureMatrix(FeatureStore(encoder_config.cache), names, device)
+    images_dir = Path(dataset.images)
+    if config.objects:  # read before the slow part, not after it
+        objects, words = load_objects(Path(config.objects), names)
+        sizes = {n: image_size(images_dir / n) for n in names}
+    store = FeatureStore(encoder_config.cache)
+    check_features(model, payload["encoder"], store.path, store.attrs, store.feature_dim)
+    features = FeatureMatrix(store, names, device)
 
     def features_of(chunk: list[str]) -> torch.Tensor:
         return features[features.rows_of(chunk)]
@@ -72,24 +91,19 @@ def main() -> None:
     metrics.update({f"greedy_{k}": v for k, v in greedy_scores.items()})
     metrics.update(caption_diversity(hypotheses, read_captions(dataset.table, "train")["caption"]))
     metrics.update(images=len(names), beam_size=config.beam_size, checkpoint_epoch=int(payload.get("epoch", 0)))
-    images_dir = Path(dataset.images)
     if config.objects:
-        objects, words = load_objects(Path(config.objects), names)
-        sizes = {}
-        for n in names:
-            with Image.open(images_dir / n) as image:
-                sizes[n] = image.size  # (width, height): boxes are in the original image's pixels
         metrics.update(attention_correctness(beam, objects, sizes, words))
 
     predictions = [{"image": n, "caption": hypotheses[n], "greedy": greedy[n].text,
                     "references": references[n]} for n in names]
-    with atomic_path(config.out_dir) as tmp:  # predictions and figures replace the old ones together
+    # predictions, figures and scores replace the old ones together
+    with atomic_paths((config.out_dir, "evaluate.out_dir"), (config.metrics, "evaluate.metrics")) as (tmp, scores):
         (tmp / "attention").mkdir(parents=True)
         write_json(tmp / "predictions.json", predictions)
         for n in names[:config.num_figures]:
             draw_attention(images_dir / n, beam[n].words, beam[n].attention, tmp / "attention" / f"{Path(n).stem}.png",
                            title=hypotheses[n])
-    write_json(config.metrics, metrics)
+        scores.write_text(json_text(metrics), encoding="utf-8")
     shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("bleu1", "bleu4", "meteor", "rouge_l", "cider")
                       + (("attention_correctness",) if config.objects else ()))
     print(f"evaluate: {len(names)} {config.split} images, beam {config.beam_size}: {shown} -> {config.metrics}")

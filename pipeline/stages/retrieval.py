@@ -32,9 +32,9 @@ from pipeline.config import (
 )
 from pipeline.datasets.table import read_captions, references_by_image
 from pipeline.encoder.feature_cache import FeatureStore
-from pipeline.files import write_json
+from pipeline.files import InputError, write_json
 from pipeline.model.captioner import describe_all, search_options
-from pipeline.model.checkpoint import load_checkpoint
+from pipeline.model.checkpoint import check_features, load_checkpoint
 from pipeline.model.decoder import CaptionDecoder
 from pipeline.retrieval.metrics import rank_counts, rerank, retrieval_scores
 from pipeline.retrieval.ranking import Gallery, RankingOptions, Searcher
@@ -66,14 +66,16 @@ def main() -> None:
     dataset, encoder_config = load_section(DatasetConfig), load_section(EncoderConfig)
     train_config, evaluate_config = load_section(TrainConfig), load_section(EvaluateConfig)
     config = load_section(RetrievalConfig)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, "retrieval.device")
     model, payload = load_checkpoint(train_config.checkpoint, device)
     vocabulary = Vocabulary(tuple(payload["vocabulary"]))
     references = references_by_image(read_captions(dataset.table, evaluate_config.split))
     if not references:
-        raise ValueError(f"no {evaluate_config.split} captions in {dataset.table}; check evaluate.split")
+        raise InputError(f"no {evaluate_config.split} captions in {dataset.table}; check evaluate.split and "
+                         "dataset.split_ratios / split_files")
     names = sorted(references)
     store = FeatureStore(encoder_config.cache)
+    check_features(model, payload["encoder"], store.path, store.attrs, store.feature_dim)
     started = time.perf_counter()
     captions = generated_captions(model, vocabulary, store, names, evaluate_config, device)
     captioning_seconds = time.perf_counter() - started

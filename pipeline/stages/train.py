@@ -42,10 +42,10 @@ from pipeline.datasets.table import read_captions, references_by_image
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
 from pipeline.evaluation.scoring import coco_scores
-from pipeline.files import save_torch
+from pipeline.files import InputError, save_torch
 from pipeline.identity import stage_identity
 from pipeline.model.captioner import describe_all, search_options
-from pipeline.model.checkpoint import checkpoint_payload
+from pipeline.model.checkpoint import checkpoint_payload, read_payload
 from pipeline.runtime import (
     follow_rank_zero,
     gather,
@@ -54,11 +54,10 @@ from pipeline.runtime import (
     start_processes,
     stop_processes,
 )
-from pipeline.text import Vocabulary
 from pipeline.training.batches import bucket_batches, encode_captions
 from pipeline.training.compiled import compile_decoder, try_compiled
 from pipeline.training.epoch_log import EpochLog
-from pipeline.training.loop import build_model, load_embeddings, run_epoch
+from pipeline.training.loop import build_model, load_embeddings, load_vocabulary, run_epoch
 from pipeline.training.precision import autocast_for
 from pipeline.training.resume import can_continue
 
@@ -87,9 +86,17 @@ def resume_state(path: Path, identity: str, config: TrainConfig, best_path: Path
     """The last.pt payload to continue, or None and why not."""
     if not config.resume or not path.is_file():
         return None, "no last.pt to continue" if config.resume else "train.resume is false"
-    last = torch.load(path, map_location="cpu", weights_only=True)
-    if last.get("identity") != identity or not best_path.is_file():
+    if not best_path.is_file():
+        return None, f"{best_path} is missing"
+    try:
+        last, best = read_payload(path), read_payload(best_path)
+    except InputError as error:
+        return None, str(error)
+    if not isinstance(last, dict) or last.get("identity") != identity:
         return None, f"{path} was made from other code, inputs or params"
+    if not isinstance(best, dict) or best.get("epoch") != last["state"]["best_epoch"]:
+        return None, (f"{best_path} is not the best epoch ({last['state']['best_epoch']}) of the run in {path}; "
+                      "it was replaced or written by an interrupted epoch")
     why = can_continue(last["state"]["scores"], config.epochs, config.patience, config.early_stopping != "loss")
     return (None, f"{path} cannot be continued: {why}") if why else (last, "")
 
@@ -98,7 +105,7 @@ def main() -> None:
     dataset, vocab_config = load_section(DatasetConfig), load_section(VocabConfig)
     embeddings_config, encoder_config = load_section(EmbeddingsConfig), load_section(EncoderConfig)
     model_config, config = load_section(ModelConfig), load_section(TrainConfig)
-    rank, world_size, device = start_processes(config.device)
+    rank, world_size, device = start_processes(config.device, "train.device")
     seed_everything(config.seed)
     try:
         fit(dataset, vocab_config, embeddings_config, encoder_config, model_config, config, rank, world_size, device)
@@ -124,12 +131,12 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
         return
     clock["identity"] = time.perf_counter()
 
-    vocabulary = Vocabulary.from_json(Path(vocab_config.path))
+    vocabulary = load_vocabulary(Path(vocab_config.path))
     store = FeatureStore(encoder_config.cache)
     table = read_captions(dataset.table)
     train_table, val_table = table[table["split"] == "train"], table[table["split"] == "val"]
     if train_table.empty or val_table.empty:
-        raise ValueError(f"{dataset.table} needs train and val captions (early stopping uses val); "
+        raise InputError(f"{dataset.table} needs train and val captions (early stopping uses val); "
                          "check dataset.split_ratios / split_files")
     features = FeatureMatrix(store, pd.concat([train_table, val_table])["image"], device)
     clock["features"] = time.perf_counter()

@@ -10,19 +10,33 @@ from tqdm import tqdm
 
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.encoder.feature_matrix import FeatureMatrix
+from pipeline.files import InputError
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig, caption_loss
 from pipeline.text import Vocabulary
 from pipeline.training.batches import EncodedCaptions
 from pipeline.training.precision import autocast_for
 
 
+def load_vocabulary(path: Path) -> Vocabulary:
+    """The vocabulary file, or an InputError naming it when it is not one."""
+    try:
+        return Vocabulary.from_json(path)
+    except (ValueError, KeyError, TypeError) as error:  # not JSON, no "words", or not a vocabulary
+        raise InputError(f"{path} is not a vocabulary file ({type(error).__name__}: {error}); "
+                         "rerun `dvc repro vocab`") from error
+
+
 def load_embeddings(path: Path, vocabulary: Vocabulary) -> torch.Tensor:
     """The (V, D) embedding matrix, checked against the vocabulary."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: embeddings not found; run `dvc repro embeddings` first")
-    matrix = torch.from_numpy(np.load(path))
+    try:
+        matrix = torch.from_numpy(np.load(path))
+    except (ValueError, EOFError, OSError, TypeError) as error:  # cut off, or not a .npy array
+        raise InputError(f"{path} cannot be read as an embedding matrix ({type(error).__name__}: {error}); "
+                         "rerun `dvc repro embeddings`") from error
     if matrix.ndim != 2 or matrix.size(0) != len(vocabulary):
-        raise ValueError(f"{path} has shape {tuple(matrix.shape)} but the vocabulary has {len(vocabulary)} words; "
+        raise InputError(f"{path} has shape {tuple(matrix.shape)} but the vocabulary has {len(vocabulary)} words; "
                          "rerun `dvc repro embeddings`")
     return matrix
 
