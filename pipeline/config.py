@@ -66,7 +66,7 @@ Device = Annotated[str, BeforeValidator(_device)]
 class Section(BaseModel):
     """A params.yaml section: frozen, every key required, no unknown keys, no silent conversions."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ShapesConfig(Section):
@@ -258,7 +258,10 @@ def _describe(error: dict[str, Any], name: str, section: dict[str, Any]) -> str:
         return f"unknown key {key}; valid keys of '{name}' are {', '.join(SECTION_FIELDS[name])}"
     if not location:
         return message
-    return f"key {key} is {error['input']!r}: {message[0].lower() + message[1:]}"
+    hint = ""
+    if isinstance(error["input"], bool) and error["type"] == "literal_error":  # `off` or `yes` unquoted
+        hint = " (YAML reads an unquoted yes, no, on or off as true or false)"
+    return f"key {key} is {error['input']!r}: {message[0].lower() + message[1:]}{hint}"
 
 
 def build(cls: type[Section], section: Any, name: str, where: Path) -> Any:

@@ -187,6 +187,15 @@ def test_wrong_type(tmp_path, cls, section, key, value, shown):
 def test_value_outside_a_literal(tmp_path, cls, section, key, value, valid):
     message = error_for(cls, write_params(tmp_path, {section: {key: value}}))
     assert f"key {section}.{key} is {value!r}: input should be" in message and valid in message
+    unquoted = "(YAML reads an unquoted yes, no, on or off as true or false)"
+    assert (unquoted in message) is isinstance(value, bool)
+
+
+@pytest.mark.parametrize("key,value", [("lr", float("nan")), ("grad_clip", float("inf")),
+                                       ("attention_penalty", float("-inf"))])
+def test_a_number_that_is_not_finite_is_refused_as_such(tmp_path, key, value):
+    message = error_for(TrainConfig, write_params(tmp_path, {"train": {key: value}}))
+    assert f"key train.{key} is {value!r}: input should be a finite number" in message
 
 
 # ----------------------------------------------------------------------------------------------
