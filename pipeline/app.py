@@ -67,7 +67,7 @@ class Service:
             return
         try:
             gallery = self._gallery(Path(checkpoint), index)
-        except (FileNotFoundError, FeatureStoreError, ConfigError, RuntimeError, KeyError) as error:
+        except (FileNotFoundError, FeatureStoreError, ConfigError, InputError, RuntimeError, KeyError) as error:
             self.message = f"Search is off: {error}"
             return
         model, vocabulary = self.captioner.model, self.captioner.vocabulary
@@ -83,7 +83,8 @@ class Service:
         if not params_path().is_file():
             raise FileNotFoundError("no --index given and no params.yaml in this folder")
         assert self.captioner is not None
-        return dataset_gallery(self.captioner.model, self.captioner.vocabulary, checkpoint, self.captioner.device)
+        return dataset_gallery(self.captioner.model, self.captioner.vocabulary, checkpoint, self.captioner.encoder_info,
+                               self.captioner.device)
 
     def caption(self, data: bytes) -> dict:
         """The caption of an uploaded photo and each word's attention grid."""

@@ -93,7 +93,7 @@ def search_main(argv: Sequence[str]) -> int:
     else:
         if not params_path().is_file():
             raise ConfigError("no --index given and no params.yaml here: give a photo index or run in the project")
-        gallery = dataset_gallery(model, vocabulary, args.checkpoint, device)
+        gallery = dataset_gallery(model, vocabulary, args.checkpoint, payload["encoder"], device)
     unknown = unknown_words(args.query, vocabulary)
     if unknown:
         print(f"search: the model has never seen {', '.join(unknown)}; those words count as <unk>", file=sys.stderr)

@@ -82,6 +82,8 @@ def test_a_checkpoint_whose_parts_do_not_fit_is_refused(tmp_path):
         load_checkpoint(saved_checkpoint(tmp_path / "newer.pt", model_config={**config, "layers": 2}))
     with pytest.raises(InputError, match=f"holds 3 vocabulary words for a model of {V}"):
         load_checkpoint(saved_checkpoint(tmp_path / "words.pt", vocabulary=["<pad>", "<start>", "<end>"]))
+    with pytest.raises(InputError, match="does not say which encoder its features came from"):
+        load_checkpoint(saved_checkpoint(tmp_path / "encoder.pt", encoder={"architecture": "resnet50"}))
 
 
 def test_features_from_another_encoder_or_of_another_size_are_refused(tmp_path):

@@ -176,3 +176,22 @@ def test_a_damaged_caption_cache_of_the_dataset_is_made_again(photos: Path, trai
         assert f"{cache} is " in captured.out and "making it again" in captured.out
         assert "captioning 30 images once" in captured.out and len(captured.out.strip().splitlines()) == 5
         assert len(json.loads(cache.read_text())["captions"]) == 30
+
+
+def test_search_over_the_dataset_refuses_features_of_another_encoder(trained_project: Path, tmp_path: Path,
+                                                                    one_thread: None,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    from pipeline.encoder.feature_cache import FeatureStore
+    from tests.conftest import write_feature_cache, write_params
+
+    monkeypatch.chdir(trained_project)
+    store = FeatureStore(trained_project / "data/features/features.h5")
+    cache = write_feature_cache(tmp_path / "features.h5", store.names, store.load().numpy(),
+                                {**store.attrs, "image_size": 96, "grid": 3})
+    monkeypatch.setenv("PIPELINE_PARAMS", str(write_params(tmp_path, {
+        "encoder": {"cache": str(cache)}, "retrieval": {"captions": str(tmp_path / "captions.json")}}, tiny=True)))
+    assert search.main(["a red circle", "--top", "3"]) != 0
+    err = capsys.readouterr().err
+    assert "features.h5 was made by another encoder than the checkpoint was trained on (image_size 96, not 64" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "captions.json").exists()

@@ -53,6 +53,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     missing = [key for key in REQUIRED if not isinstance(payload, dict) or key not in payload]
     if missing:
         raise InputError(f"{path} is not a captioning checkpoint (no {', '.join(missing)}); {retrain}")
+    encoder = payload["encoder"]
+    if not isinstance(encoder, dict) or not {"weights", "image_size"} <= set(encoder):
+        raise InputError(f"{path} does not say which encoder its features came from (its 'encoder' lacks weights "
+                         f"or image_size); {retrain}")
     try:
         model = CaptionDecoder(DecoderConfig(**payload["model_config"]))
         model.load_state_dict(payload["state_dict"])

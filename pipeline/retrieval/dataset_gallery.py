@@ -7,7 +7,9 @@ The caption file is a cache: {"checkpoint_sha256", "options": beam search settin
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.resnet import file_sha256
 from pipeline.files import write_json
 from pipeline.model.captioner import describe_all, search_options
+from pipeline.model.checkpoint import check_features
 from pipeline.model.decoder import CaptionDecoder
 from pipeline.retrieval.ranking import Gallery
 from pipeline.text import Vocabulary
@@ -39,13 +42,16 @@ def read_cache(path: Path) -> dict:
     return cached
 
 
-def dataset_gallery(model: CaptionDecoder, vocabulary: Vocabulary, checkpoint: Path,
+def dataset_gallery(model: CaptionDecoder, vocabulary: Vocabulary, checkpoint: Path, encoder: Mapping[str, Any],
                     device: torch.device) -> Gallery:
-    """Every image of the prepared table, all splits, with its cached features and generated caption."""
+    """Every image of the prepared table, all splits, with its cached features and generated caption.
+
+    `encoder` is the checkpoint's record of its features' encoder: a cache made otherwise is refused."""
     dataset, encoder_config = load_section(DatasetConfig), load_section(EncoderConfig)
     evaluate_config, config = load_section(EvaluateConfig), load_section(RetrievalConfig)
     names = sorted(set(read_captions(dataset.table)["image"]))
     store = FeatureStore(encoder_config.cache)
+    check_features(model, encoder, store.path, store.attrs, store.feature_dim)
     rows = np.array(store.rows_of(names), dtype=np.int64)
     options = search_options(vocabulary, evaluate_config.beam_size, model.config.max_caption_length,
                              evaluate_config.length_penalty, evaluate_config.no_repeat_ngram, evaluate_config.allow_unk)
