@@ -8,6 +8,9 @@ key to move; `require_free_space` refuses a big write up front.
 
     with atomic_path(path, "dataset.table") as tmp: ...   # write tmp; path appears on success
     write_json(path, payload, key); save_torch(path, payload, key); save_numpy(path, array, key)
+
+`list_files(folder)` lists what a folder input holds (the image folder: prepare, features, the
+stage identity; a photo folder: search), symbolic links followed and their loops cut.
 """
 from __future__ import annotations
 
@@ -230,3 +233,29 @@ def save_torch(path: str | Path, payload: Any, key: str | None = None) -> None:
     # through a Python file, so that a failed write surfaces as the OSError (ENOSPC) that caused it
     with atomic_path(path, key) as tmp, open(tmp, "wb") as handle:
         torch.save(payload, handle)
+
+
+def list_files(folder: Path) -> set[str]:
+    """Every file under `folder`, as a '/'-separated path relative to it.
+
+    Symbolic links are followed, except a link to a folder the walk is already inside (a loop),
+    so a link back to a parent neither hangs the walk nor lists the same files again and again.
+    """
+    names: set[str] = set()
+    top = os.path.realpath(folder)
+    stack: list[tuple[str, str, str, frozenset[str]]] = [(str(folder), "", top, frozenset({top}))]
+    while stack:
+        directory, prefix, real_directory, inside = stack.pop()  # `inside`: real paths of it and its parents
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir():  # follows links
+                        real = (os.path.realpath(entry.path) if entry.is_symlink()
+                                else os.path.join(real_directory, entry.name))
+                        if real not in inside:
+                            stack.append((entry.path, f"{prefix}{entry.name}/", real, inside | {real}))
+                    elif entry.is_file():
+                        names.add(prefix + entry.name)
+                except OSError:  # a link that cannot be resolved (broken, or a loop of links)
+                    continue
+    return names

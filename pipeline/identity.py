@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import params_path, read_params
-from pipeline.encoder.images import list_images
+from pipeline.files import list_files
 
 CONTINUABLE = {"train.epochs", "train.patience"}  # a finished run may be extended in these
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the project holding pipeline/ and dvc.yaml
@@ -37,8 +37,8 @@ def _resolve(text: str, params: dict[str, Any]) -> str:
 
 def _hash_path(digest: "hashlib._Hash", path: Path) -> None:
     """Add a file's bytes, or a directory's relative names and file bytes, to the digest (symbolic links
-    followed, as `list_images` lists the image folder for prepare and features)."""
-    names = sorted(list_images(path)) if path.is_dir() else [path.name]  # links followed, as the stages read
+    followed, as `list_files` lists the image folder for prepare and features)."""
+    names = sorted(list_files(path)) if path.is_dir() else [path.name]  # links followed, as the stages read
     for name in names:
         digest.update(name.encode())
         with (path / name if path.is_dir() else path).open("rb") as handle:

@@ -24,8 +24,9 @@ from pipeline.cli import DEBUG_ENV, run
 from pipeline.config import PARAMS_ENV, DatasetConfig
 from pipeline.datasets.report import DatasetError
 from pipeline.encoder import images as image_module
-from pipeline.encoder.images import ImageReadError, check_image, list_images, load_image, unreadable_images
+from pipeline.encoder.images import ImageReadError, check_image, load_image, unreadable_images
 from pipeline.evaluation.figures import draw_attention
+from pipeline.files import list_files
 from pipeline.stages.prepare import prepare
 from tests.conftest import ROOT, params_with
 
@@ -166,17 +167,17 @@ def test_attention_figure_of_a_16_bit_png_shows_its_greys_not_white(corpus_folde
 
 
 @pytest.mark.parametrize("loops", [1, 2])
-def test_list_images_cuts_symlink_loops(tmp_path: Path, loops: int) -> None:
+def test_list_files_cuts_symlink_loops(tmp_path: Path, loops: int) -> None:
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(20):
         (folder / f"{i:02d}.jpg").write_bytes(b"x")
     for n in range(loops):
         (folder / f"loop{n}").symlink_to(".", target_is_directory=True)  # a link to the folder itself
-    assert within(20, list_images, folder) == {f"{i:02d}.jpg" for i in range(20)}
+    assert within(20, list_files, folder) == {f"{i:02d}.jpg" for i in range(20)}
 
 
-def test_list_images_follows_links_that_are_not_loops(tmp_path: Path) -> None:
+def test_list_files_follows_links_that_are_not_loops(tmp_path: Path) -> None:
     folder, elsewhere = tmp_path / "images", tmp_path / "elsewhere"
     (folder / "sub").mkdir(parents=True)
     elsewhere.mkdir()
@@ -185,7 +186,7 @@ def test_list_images_follows_links_that_are_not_loops(tmp_path: Path) -> None:
     (folder / "more").symlink_to(elsewhere, target_is_directory=True)
     (folder / "sub" / "up").symlink_to("..", target_is_directory=True)  # a loop through a parent
     (folder / "gone.jpg").symlink_to(tmp_path / "nothing.jpg")  # broken: not a file
-    assert within(20, list_images, folder) == {"more/a.jpg", "sub/b.jpg"}
+    assert within(20, list_files, folder) == {"more/a.jpg", "sub/b.jpg"}
 
 
 # ----------------------------------------------------------------------------------------------

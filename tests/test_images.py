@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.encoder.images import ImageReadError, list_images, load_image, read_rgb, unreadable_images
+from pipeline.encoder.images import ImageReadError, load_image, read_rgb, unreadable_images
+from pipeline.files import list_files
 
 
 def test_load_image_resizes_the_whole_image_without_cropping(tmp_path: Path) -> None:
@@ -41,11 +42,11 @@ def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
         load_image(tmp_path / "absent.png", 64)
 
 
-def test_list_images_walks_sub_folders(tmp_path: Path) -> None:
+def test_list_files_walks_sub_folders(tmp_path: Path) -> None:
     for name in ("a.png", "sub/b.jpg", "sub/deeper/c.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    assert list_images(tmp_path) == {"a.png", "sub/b.jpg", "sub/deeper/c.png"}
+    assert list_files(tmp_path) == {"a.png", "sub/b.jpg", "sub/deeper/c.png"}
 
 
 def test_unreadable_images_names_each_bad_file(tmp_path: Path) -> None:

@@ -79,7 +79,7 @@ def test_a_changed_dependency_changes_the_identity(project: Path) -> None:
 
 
 def test_a_change_inside_a_linked_image_folder_changes_the_identity(tmp_path: Path) -> None:
-    """The stages read the image folder through symbolic links (list_images), so the identity does too."""
+    """The stages read the image folder through symbolic links (list_files), so the identity does too."""
     elsewhere = tmp_path / "disk2/photos"
     elsewhere.mkdir(parents=True)
     (elsewhere / "a.jpg").write_bytes(b"first")

@@ -1,11 +1,9 @@
-"""Reading images: the one decoding rule shared by prepare's check, the encoder and the figures, and
-folder listing.
+"""Reading images: the one decoding rule shared by prepare's check, the encoder and the figures.
 
     check_image(path)            decode cheaply (JPEG at 1/8 scale), raise ImageReadError if unreadable
     unreadable_images(folder, names) -> {name: error}   check_image over a dataset (prepare)
     read_rgb(path) -> (3, H, W) uint8   the full image, upright, 16-bit scaled to 8-bit (figures)
     load_image(path, size) -> (3, size, size) uint8     what the encoder sees
-    list_images(folder) -> names        every file under the folder, symlink loops cut
 
 A file is unreadable when PIL cannot open it, it has more than MAX_PIXELS pixels (PIL's
 decompression-bomb limit), or its data cannot be decoded to the end (a truncated JPEG: PIL's
@@ -177,27 +175,3 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
     return TF.resize(read_rgb(path), [size, size], antialias=True)  # (3, size, size)
 
 
-def list_images(folder: Path) -> set[str]:
-    """Every file under `folder`, as a '/'-separated path relative to it.
-
-    Symbolic links are followed, except a link to a folder the walk is already inside (a loop),
-    so a link back to a parent neither hangs the walk nor lists the same files again and again.
-    """
-    names: set[str] = set()
-    top = os.path.realpath(folder)
-    stack: list[tuple[str, str, str, frozenset[str]]] = [(str(folder), "", top, frozenset({top}))]
-    while stack:
-        directory, prefix, real_directory, inside = stack.pop()  # `inside`: real paths of it and its parents
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                try:
-                    if entry.is_dir():  # follows links
-                        real = (os.path.realpath(entry.path) if entry.is_symlink()
-                                else os.path.join(real_directory, entry.name))
-                        if real not in inside:
-                            stack.append((entry.path, f"{prefix}{entry.name}/", real, inside | {real}))
-                    elif entry.is_file():
-                        names.add(prefix + entry.name)
-                except OSError:  # a link that cannot be resolved (broken, or a loop of links)
-                    continue
-    return names

@@ -32,9 +32,8 @@ from tqdm import tqdm
 
 from pipeline.encoder.extraction import DONE, ImageFiles, names_sha256, open_partial, write_rows
 from pipeline.encoder.feature_cache import IMAGES, FeatureStore, create_layout
-from pipeline.encoder.images import list_images
 from pipeline.encoder.resnet import FEATURE_DIM, file_sha256
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_path, list_files, write_json
 from pipeline.model.captioner import describe
 from pipeline.photos import PhotoCaptioner
 from pipeline.retrieval.ranking import Gallery
@@ -71,7 +70,7 @@ def default_index_dir(photos: Path) -> Path:
 def list_photos(folder: Path, index_dir: Path) -> tuple[list[str], int]:
     """(photo names under `folder` with an image suffix, sorted; how many other files), index left out."""
     inside = os.path.relpath(Path(index_dir).resolve(), Path(folder).resolve()).replace(os.sep, "/") + "/"
-    names = [name for name in list_images(folder) if not name.startswith(inside)]
+    names = [name for name in list_files(folder) if not name.startswith(inside)]
     photos = sorted(name for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
     return photos, len(names) - len(photos)
 

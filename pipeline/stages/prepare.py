@@ -49,8 +49,8 @@ from pipeline.datasets.report import (
 )
 from pipeline.datasets.splits import random_split, read_split_lists
 from pipeline.datasets.table import write_captions
-from pipeline.encoder.images import list_images, unreadable_images
-from pipeline.files import atomic_paths, json_text
+from pipeline.encoder.images import unreadable_images
+from pipeline.files import atomic_paths, json_text, list_files
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def prepare(config: DatasetConfig) -> Prepared:
         raise DatasetError(f"dataset.captions '{captions_path}': {error}") from error
     lines_read = len(records) + problems.counts["malformed_line"]
 
-    available = list_images(images_dir)
+    available = list_files(images_dir)
     named = sorted({r.image for r in records})
     if named and not available.intersection(named):
         raise no_images_found(config.captions, config.images, named, available)
