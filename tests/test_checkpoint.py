@@ -80,8 +80,11 @@ def test_a_checkpoint_whose_parts_do_not_fit_is_refused(tmp_path):
         load_checkpoint(saved_checkpoint(tmp_path / "wider.pt", model_config={**config, "decoder_dim": H * 2}))
     with pytest.raises(InputError, match="weights do not fit its model_config"):
         load_checkpoint(saved_checkpoint(tmp_path / "newer.pt", model_config={**config, "layers": 2}))
-    with pytest.raises(InputError, match=f"holds 3 vocabulary words for a model of {V}"):
-        load_checkpoint(saved_checkpoint(tmp_path / "words.pt", vocabulary=["<pad>", "<start>", "<end>"]))
+    with pytest.raises(InputError, match=f"holds 4 vocabulary words for a model of {V}"):
+        load_checkpoint(saved_checkpoint(tmp_path / "words.pt", vocabulary=["<pad>", "<start>", "<end>", "<unk>"]))
+    reordered = ["<start>", "<pad>", "<end>", "<unk>", *(f"w{i}" for i in range(V - 4))]
+    with pytest.raises(InputError, match="its vocabulary does not start with <pad>, <start>, <end>, <unk>"):
+        load_checkpoint(saved_checkpoint(tmp_path / "order.pt", vocabulary=reordered))
     with pytest.raises(InputError, match="does not say which encoder its features came from"):
         load_checkpoint(saved_checkpoint(tmp_path / "encoder.pt", encoder={"architecture": "resnet50"}))
 
