@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from pipeline.files import InputError
+
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)  # their indices are 0, 1, 2, 3 in every vocabulary
 
@@ -93,4 +95,8 @@ class Vocabulary:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: vocabulary not found; run `dvc repro vocab` first")
-        return cls(tuple(json.loads(path.read_text(encoding="utf-8"))["words"]))
+        try:
+            return cls(tuple(json.loads(path.read_text(encoding="utf-8"))["words"]))
+        except (ValueError, KeyError, TypeError) as error:  # not JSON, no "words", or not a vocabulary
+            raise InputError(f"{path} is not a vocabulary file ({type(error).__name__}: {error}); "
+                             "rerun `dvc repro vocab`") from error

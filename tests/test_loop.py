@@ -16,7 +16,7 @@ from pipeline.encoder.feature_matrix import FeatureMatrix
 from pipeline.files import InputError
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
 from pipeline.training.batches import encode_captions
-from pipeline.training.loop import build_model, load_embeddings, load_vocabulary, run_epoch
+from pipeline.training.loop import build_model, load_embeddings, run_epoch
 from tests.conftest import ROOT, write_feature_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,6 +110,6 @@ def test_a_damaged_vocabulary_is_one_error_naming_it(tmp_path: Path, text: str) 
     path = tmp_path / "vocab.json"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(InputError, match=r"vocab\.json is not a vocabulary file .*dvc repro vocab"):
-        load_vocabulary(path)
+        Vocabulary.from_json(path)
     path.write_text(json.dumps({"words": list(VOCABULARY.words)}), encoding="utf-8")
-    assert load_vocabulary(path) == VOCABULARY
+    assert Vocabulary.from_json(path) == VOCABULARY

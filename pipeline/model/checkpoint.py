@@ -12,7 +12,7 @@ import torch
 
 from pipeline.files import InputError
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig
-from pipeline.text import SPECIAL_TOKENS
+from pipeline.text import SPECIAL_TOKENS, Vocabulary
 
 # what torch.load raises for a file that is cut off, empty or not a checkpoint
 LOAD_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, ValueError,
@@ -65,11 +65,13 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
         raise InputError(f"{path}: its weights do not fit its model_config, the checkpoint is damaged or of "
                          f"another version ({' '.join(str(error).split())[:200]}); {retrain}") from error
     words = payload["vocabulary"]
-    if not isinstance(words, list) or tuple(words[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+    try:
+        Vocabulary(tuple(words))  # its own check: the special tokens first, in their order
+    except (TypeError, ValueError) as error:
         raise InputError(f"{path}: its vocabulary does not start with {', '.join(SPECIAL_TOKENS)}, so its word ids "
-                         f"mean something else; {retrain}")
-    if len(payload["vocabulary"]) != model.config.vocab_size:
-        raise InputError(f"{path} holds {len(payload['vocabulary'])} vocabulary words for a model of "
+                         f"mean something else; {retrain}") from error
+    if len(words) != model.config.vocab_size:
+        raise InputError(f"{path} holds {len(words)} vocabulary words for a model of "
                          f"{model.config.vocab_size}; {retrain}")
     return model.to(device).eval(), payload
 

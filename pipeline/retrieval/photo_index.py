@@ -81,11 +81,15 @@ def file_stamp(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+def empty_manifest() -> dict[str, Any]:
+    return {key: {} for key in MANIFEST_KEYS}
+
+
 def read_manifest(index_dir: Path) -> dict[str, Any]:
     """captions.json, or an empty manifest when there is none yet."""
     path = Path(index_dir) / CAPTIONS_FILE
     if not path.is_file():
-        return {"files": {}, "captions": {}, "skipped": {}}
+        return empty_manifest()
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as error:  # cut off, not JSON, not UTF-8
@@ -182,7 +186,7 @@ def update_index(captioner: PhotoCaptioner, photos: Path, index_dir: Path | None
         manifest = read_manifest(index_dir)
     except PhotoIndexError as error:
         print(f"index: encoding every photo again: {error}", file=sys.stderr)
-        manifest = {"files": {}, "captions": {}, "skipped": {}}
+        manifest = empty_manifest()
     old, reason = indexed_names(features, attrs)
     if reason:
         print(f"index: encoding every photo again: {features} cannot be kept: {reason}")
@@ -231,8 +235,9 @@ def open_index(index_dir: Path, checkpoint: Path | None = None) -> Gallery:
         raise PhotoIndexError(f"{index_dir} was made with another model than {checkpoint}; "
                           f"run `python -m pipeline.search index` on its folder again")
     folder = Path(manifest["photos"])
-    present = [row for row, name in enumerate(store.names) if (folder / name).is_file()]
-    gone = sorted(set(store.names) - {store.names[row] for row in present})
+    on_disk = [(folder / name).is_file() for name in store.names]
+    present = [row for row, found in enumerate(on_disk) if found]
+    gone = sorted(name for name, found in zip(store.names, on_disk) if not found)
     if gone:
         print(f"search: {len(gone)} of {len(store)} indexed photos are no longer in {folder} (first: {gone[0]}) "
               f"and are left out; run `python -m pipeline.search index {folder}` to update the index", file=sys.stderr)

@@ -54,10 +54,11 @@ from pipeline.runtime import (
     start_processes,
     stop_processes,
 )
+from pipeline.text import Vocabulary
 from pipeline.training.batches import bucket_batches, encode_captions
 from pipeline.training.compiled import compile_decoder, try_compiled
 from pipeline.training.epoch_log import EpochLog
-from pipeline.training.loop import build_model, load_embeddings, load_vocabulary, run_epoch
+from pipeline.training.loop import build_model, load_embeddings, run_epoch
 from pipeline.training.precision import autocast_for
 from pipeline.training.resume import can_continue
 
@@ -131,7 +132,7 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
         return
     clock["identity"] = time.perf_counter()
 
-    vocabulary = load_vocabulary(Path(vocab_config.path))
+    vocabulary = Vocabulary.from_json(Path(vocab_config.path))
     store = FeatureStore(encoder_config.cache)
     table = read_captions(dataset.table)
     train_table, val_table = table[table["split"] == "train"], table[table["split"] == "val"]

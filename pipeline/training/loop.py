@@ -17,15 +17,6 @@ from pipeline.training.batches import EncodedCaptions
 from pipeline.training.precision import autocast_for
 
 
-def load_vocabulary(path: Path) -> Vocabulary:
-    """The vocabulary file, or an InputError naming it when it is not one."""
-    try:
-        return Vocabulary.from_json(path)
-    except (ValueError, KeyError, TypeError) as error:  # not JSON, no "words", or not a vocabulary
-        raise InputError(f"{path} is not a vocabulary file ({type(error).__name__}: {error}); "
-                         "rerun `dvc repro vocab`") from error
-
-
 def load_embeddings(path: Path, vocabulary: Vocabulary) -> torch.Tensor:
     """The (V, D) embedding matrix, checked against the vocabulary."""
     if not path.is_file():
