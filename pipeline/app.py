@@ -27,12 +27,11 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from pipeline.cli import run
-from pipeline.config import ConfigError, TrainConfig, load_section, params_path
-from pipeline.encoder.feature_cache import FeatureStoreError
+from pipeline.cli import EXPECTED_ERRORS, run
+from pipeline.config import TrainConfig, load_section, params_path
 from pipeline.encoder.images import IMAGE_ERRORS, ImageReadError, load_image
+from pipeline.errors import InputError
 from pipeline.evaluation.figures import attention_grid
-from pipeline.files import InputError
 from pipeline.photos import PhotoCaptioner
 from pipeline.retrieval.likelihood import QueryError, unknown_words
 from pipeline.retrieval.ranking import Gallery, Searcher, SearchError
@@ -67,7 +66,7 @@ class Service:
             return
         try:
             gallery = self._gallery(Path(checkpoint), index)
-        except (FileNotFoundError, FeatureStoreError, ConfigError, InputError, RuntimeError, KeyError) as error:
+        except EXPECTED_ERRORS as error:
             self.message = f"Search is off: {error}"
             return
         model, vocabulary = self.captioner.model, self.captioner.vocabulary

@@ -17,15 +17,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.config import (
-    ConfigError,
-    EvaluateConfig,
-    TrainConfig,
-    load_section,
-    params_path,
-)
+from pipeline.cli import exit_status
+from pipeline.config import EvaluateConfig, TrainConfig, load_section, params_path
 from pipeline.evaluation.figures import draw_attention
-from pipeline.files import InputError
 from pipeline.model.beam_search import SearchOptions
 from pipeline.photos import PhotoCaptioner
 from pipeline.runtime import resolve_device
@@ -76,13 +70,15 @@ def parse_args(argv: Sequence[str] | None, fallback: dict[str, object]) -> argpa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = parse_args(argv, defaults())
-        captioner = PhotoCaptioner(args.checkpoint, resolve_device(args.device, "--device"), args.beam_size,
-                                   args.length_penalty, args.no_repeat_ngram)
-    except (ConfigError, InputError, FileNotFoundError, RuntimeError) as error:
-        print(f"caption: {error}", file=sys.stderr)
-        return 2
+    """The command: its exit status (an expected error is one line on stderr and status 2)."""
+    return exit_status(lambda: caption(argv), "caption")
+
+
+def caption(argv: Sequence[str] | None = None) -> int:
+    """Caption the images; 1 when any could not be read."""
+    args = parse_args(argv, defaults())
+    captioner = PhotoCaptioner(args.checkpoint, resolve_device(args.device, "--device"), args.beam_size,
+                               args.length_penalty, args.no_repeat_ngram)
     results = captioner.caption_files(args.images)
     figures = attention_paths(args.attention, args.images) if args.attention else [None] * len(results)
     for result, figure in zip(results, figures):

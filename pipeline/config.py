@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.errors import ConfigError
+
 PARAMS_ENV = "PIPELINE_PARAMS"
 DEFAULT_PARAMS = "params.yaml"
 SPLITS = ("train", "val", "test")
@@ -36,10 +38,6 @@ DEMO_COLOURS = {
     "white": (245, 245, 245), "purple": (150, 60, 190), "orange": (245, 140, 30), "cyan": (40, 210, 220),
 }
 DEMO_SHAPES = ("circle", "square", "triangle", "diamond", "cross")
-
-
-class ConfigError(ValueError):
-    """A params.yaml key is missing, unknown, or of the wrong type or value."""
 
 
 def _number(value: Any) -> Any:

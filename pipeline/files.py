@@ -25,20 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import OutputError
+
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 # How a full disk shows in messages that carry no errno: h5py's driver text, torch's zip writer
 # (PytorchStreamWriter, inline_container.cc) when the file cannot grow.
 DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "errno = 28", "errno = 122",
                    "file write failed", "unexpected pos")
-
-
-class OutputError(RuntimeError):
-    """An output cannot be written (full disk, not enough free space)."""
-
-
-class InputError(ValueError):
-    """An input file is corrupt, cut off, empty or of another kind than expected: the message names it."""
 
 
 def format_bytes(count: float) -> str:

@@ -36,7 +36,7 @@ def resolve_device(name: str, key: str | None = None) -> "torch.device":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda":
-        from pipeline.config import ConfigError
+        from pipeline.errors import ConfigError
 
         where, what = (f"{key}: ", key) if key else ("", "it")
         if not torch.cuda.is_available():

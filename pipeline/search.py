@@ -20,18 +20,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.config import ConfigError, EvaluateConfig, RetrievalConfig, TrainConfig, load_section, params_path
-from pipeline.encoder.feature_cache import FeatureStoreError
-from pipeline.files import InputError
+from pipeline.cli import exit_status
+from pipeline.config import EvaluateConfig, RetrievalConfig, TrainConfig, load_section, params_path
+from pipeline.errors import ConfigError
 from pipeline.model.beam_search import SearchOptions
 from pipeline.model.checkpoint import load_checkpoint
-from pipeline.retrieval.likelihood import QueryError, unknown_words
-from pipeline.retrieval.ranking import RankingOptions, Searcher, SearchError
+from pipeline.retrieval.likelihood import unknown_words
+from pipeline.retrieval.ranking import RankingOptions, Searcher
 from pipeline.runtime import resolve_device
 from pipeline.text import Vocabulary
-
-ERRORS = (ConfigError, InputError, FileNotFoundError, FeatureStoreError, RuntimeError, QueryError, SearchError,
-          KeyError)
 
 
 def project_defaults() -> tuple[str | None, int, RankingOptions]:
@@ -105,12 +102,9 @@ def search_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command: its exit status (an expected error is one line on stderr and status 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return index_main(argv[1:]) if argv[:1] == ["index"] else search_main(argv)
-    except ERRORS as error:
-        print(f"search: {error}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: index_main(argv[1:]) if argv[:1] == ["index"] else search_main(argv), "search")
 
 
 if __name__ == "__main__":

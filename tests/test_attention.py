@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.errors import InputError
 from pipeline.evaluation.attention import attention_correctness, load_objects, peak_point
 from pipeline.evaluation.figures import attention_grid, draw_attention
-from pipeline.files import InputError
 from pipeline.model.captioner import Caption
 
 

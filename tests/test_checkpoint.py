@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.files import InputError
+from pipeline.errors import InputError
 from pipeline.model.checkpoint import check_features, checkpoint_payload, load_checkpoint
 from tests.tiny_models import E, H, V, generate, make_features, make_model, padded
 

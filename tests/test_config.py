@@ -10,7 +10,6 @@ from pydantic import ValidationError
 from pipeline.config import (
     PARAMS_ENV,
     SECTIONS,
-    ConfigError,
     DatasetConfig,
     EmbeddingsConfig,
     EncoderConfig,
@@ -24,6 +23,7 @@ from pipeline.config import (
     params_path,
     read_params,
 )
+from pipeline.errors import ConfigError
 from tests.conftest import ROOT, repository_params, write_params
 
 PARAMS = repository_params()

@@ -9,7 +9,9 @@ import pytest
 from gensim.models import KeyedVectors
 
 from pipeline.config import PARAMS_ENV
+from pipeline.datasets.report import DatasetError
 from pipeline.datasets.table import write_captions
+from pipeline.errors import ConfigError
 from pipeline.stages import embeddings
 from pipeline.stages.vocab import build_vocabulary
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
@@ -108,7 +110,7 @@ def test_dimension_mismatch_names_the_file_and_the_key(tmp_path, monkeypatch, fi
     file_vectors.save_word2vec_format(str(path), binary=True)
     write_project(tmp_path, str(path), dim=DIM + 2, vocabulary=vocabulary)
     monkeypatch.setenv(PARAMS_ENV, str(tmp_path / "params.yaml"))
-    with pytest.raises(ValueError, match="embeddings.dim") as error:
+    with pytest.raises(ConfigError, match="embeddings.dim") as error:
         embeddings.main()
     assert str(path) in str(error.value)
     assert not (tmp_path / "embeddings" / "embeddings.npy").exists()
@@ -117,7 +119,7 @@ def test_dimension_mismatch_names_the_file_and_the_key(tmp_path, monkeypatch, fi
 def test_a_binary_file_named_as_text_is_refused(tmp_path, file_vectors):
     path = tmp_path / "vectors.txt"
     file_vectors.save_word2vec_format(str(path), binary=True)
-    with pytest.raises(ValueError, match="vectors.txt.*binary files must end in .bin"):
+    with pytest.raises(DatasetError, match="vectors.txt.*binary files must end in .bin"):
         embeddings.load_pretrained(path)
 
 
@@ -131,7 +133,7 @@ def test_a_damaged_gzip_file_is_refused_naming_it(tmp_path, file_vectors, damage
     else:
         data[-8] ^= 0xFF  # the trailer's CRC-32: the data does not match it
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="vectors.bin.gz: cannot read it as a word2vec binary file"):
+    with pytest.raises(DatasetError, match="vectors.bin.gz: cannot read it as a word2vec binary file"):
         embeddings.load_pretrained(path)
 
 
@@ -149,7 +151,7 @@ def test_embedding_matrix_scales_random_rows_like_the_found_ones():
 
 
 def test_embedding_matrix_checks_the_vector_size():
-    with pytest.raises(ValueError, match="embeddings.dim"):
+    with pytest.raises(ConfigError, match="embeddings.dim"):
         embeddings.embedding_matrix([*SPECIAL_TOKENS, "dog"], lambda word: np.ones(4, np.float32), 5, seed=0)
 
 

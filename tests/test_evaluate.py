@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import InputError
 from pipeline.stages import evaluate
 from tests.conftest import write_params
 
@@ -87,7 +88,6 @@ def test_bad_inputs_stop_evaluate_in_one_line_before_decoding(trained_project: P
     import numpy as np
 
     from pipeline.encoder.feature_cache import FeatureStore
-    from pipeline.files import InputError
     from tests.conftest import write_feature_cache
 
     table, objects, cache = (trained_project / "data/prepared/captions.csv", trained_project / "data/shapes/objects.json",

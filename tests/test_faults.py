@@ -12,7 +12,8 @@ import pytest
 import torch
 from full_disk import SmallDisk, assert_disk_full, disk_folder, project_params, small_disk  # noqa: F401 - fixtures
 
-from pipeline.files import OutputError, require_free_space, save_torch, write_json
+from pipeline.errors import OutputError
+from pipeline.files import require_free_space, save_torch, write_json
 
 # ----------------------------------------------------------------------------------------------
 # the writers

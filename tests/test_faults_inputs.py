@@ -219,7 +219,7 @@ def test_a_missing_image_folder_is_one_line_from_the_command_line(tmp_path: Path
     environment.pop(DEBUG_ENV, None)
     result = subprocess.run([sys.executable, "-m", "pipeline.stages.prepare"], cwd=ROOT, env=environment,
                             capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2
     expected = (f"prepare: dataset.images: image folder '{tmp_path / 'nowhere'}' not found; "
                 f"fix the path in params.yaml (relative to the project root)")
     assert result.stderr.splitlines() == [expected]
@@ -237,7 +237,7 @@ def test_run_prints_expected_errors_in_one_line_and_keeps_tracebacks_for_bugs(
     monkeypatch.delenv(DEBUG_ENV, raising=False)
     with pytest.raises(SystemExit) as exited:
         run(bad_data, "prepare")
-    assert exited.value.code == 1 and capsys.readouterr().err == "prepare: no captions found in captions.txt\n"
+    assert exited.value.code == 2 and capsys.readouterr().err == "prepare: no captions found in captions.txt\n"
     monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(SystemExit):
         run(bad_data, "prepare")

@@ -16,7 +16,7 @@ import pipeline.files
 from pipeline.cli import run
 from pipeline.config import PARAMS_ENV
 from pipeline.datasets.table import read_captions
-from pipeline.files import OutputError
+from pipeline.errors import OutputError
 from tests.conftest import ROOT
 
 
@@ -64,7 +64,7 @@ def test_features_on_a_full_disk_fail_in_one_line_then_complete_once_there_is_ro
                             dataset={"table": str(table)})
     small_disk.fill(leave=8 * small_disk.page)  # 32 kB: the 6 images need 98 kB
     status, stderr = run_features(small_disk, params, capsys, claim_room=found == "while_writing")
-    assert status == 1 and "Traceback" not in stderr, stderr
+    assert status == 2 and "Traceback" not in stderr, stderr
     message = stderr.strip().splitlines()[-1]
     assert message.startswith(f"features: cannot write {cache}: ") and " free on " in message
     assert message.endswith("; free space or move encoder.cache elsewhere")

@@ -13,7 +13,7 @@ import torch
 from pipeline.config import ModelConfig, TrainConfig, load_section
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
-from pipeline.files import InputError
+from pipeline.errors import InputError
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
 from pipeline.training.batches import encode_captions
 from pipeline.training.loop import build_model, load_embeddings, run_epoch

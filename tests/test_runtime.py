@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipeline import runtime
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 
 
 def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ import math
 import pytest
 
 from pipeline.evaluation import scoring
+from pipeline.evaluation.scoring import JavaError
 
 
 def test_coco_scores_are_perfect_for_identical_captions_and_lower_otherwise() -> None:
@@ -42,5 +43,5 @@ def test_hypotheses_must_cover_the_references() -> None:
 
 def test_missing_java_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scoring.shutil, "which", lambda name: None)
-    with pytest.raises(RuntimeError, match="default-jre-headless"):
+    with pytest.raises(JavaError, match="default-jre-headless"):
         scoring.coco_scores({"1": ["a red circle"]}, {"1": "a red circle"})

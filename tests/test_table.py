@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from pipeline.datasets import table
+from pipeline.errors import InputError
 
 
 def test_write_then_read_round_trips_and_selects_a_split(tmp_path):
@@ -29,7 +30,7 @@ def test_read_captions_names_a_missing_table(tmp_path):
 def test_a_table_without_the_columns_is_an_error(tmp_path):
     path = tmp_path / "captions.csv"
     path.write_text("file,words\na.jpg,a dog\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="no image, split, caption column"):
+    with pytest.raises(InputError, match="no image, split, caption column"):
         table.read_captions(path)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import PARAMS_ENV
+from pipeline.datasets.report import DatasetError
 from pipeline.datasets.table import write_captions
 from pipeline.stages import vocab
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
@@ -91,6 +92,6 @@ def test_main_applies_min_count(tmp_path, monkeypatch):
 def test_main_fails_without_training_captions(tmp_path, monkeypatch):
     write_project(tmp_path, [row for row in ROWS if row[1] != "train"], min_count=1)
     monkeypatch.setenv(PARAMS_ENV, str(tmp_path / "params.yaml"))
-    with pytest.raises(ValueError, match="no training captions"):
+    with pytest.raises(DatasetError, match="no training captions"):
         vocab.main()
     assert not (tmp_path / "vocab" / "vocab.json").exists()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import SPLITS, DatasetConfig
+from pipeline.errors import InputError
 
 MAX_EXAMPLES = 5  # examples kept per reason in the report
 
@@ -40,7 +41,7 @@ REPORTED = {"wrong_caption_count": "images", "restval_as_train": "images",  # re
 IMAGE_REASONS = ("missing_image", "image_not_in_any_split", "unreadable_image")  # also count images
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """The captions or images cannot be prepared as configured."""
 
 

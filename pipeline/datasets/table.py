@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.errors import InputError
+
 COLUMNS = ("image", "split", "caption")
 
 
@@ -30,7 +32,7 @@ def read_captions(path: str | Path, split: str | None = None) -> pd.DataFrame:
     table = pd.read_csv(path, dtype=str, keep_default_na=False)  # a caption "nan" stays a word
     missing = [column for column in COLUMNS if column not in table.columns]
     if missing:
-        raise ValueError(f"{path} has no {', '.join(missing)} column (header: {list(table.columns)}); "
+        raise InputError(f"{path} has no {', '.join(missing)} column (header: {list(table.columns)}); "
                          "rerun `dvc repro prepare`")
     return table if split is None else table[table["split"] == split].reset_index(drop=True)
 

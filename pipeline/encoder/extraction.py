@@ -35,6 +35,7 @@ from pipeline.encoder.feature_cache import (
 )
 from pipeline.encoder.images import ImageReadError, load_image
 from pipeline.encoder.resnet import FEATURE_DIM, Encoder, encode
+from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 
 INPUTS = "inputs_sha256"  # attr of a partial file: the stage's declared deps and params (resume identity)
@@ -44,7 +45,7 @@ PREFETCH_BATCHES = 4  # batches each DataLoader worker decodes ahead
 MERGE_ROWS = 256  # rows copied at a time when merging the ranks' files
 
 
-class FeatureExtractionError(RuntimeError):
+class FeatureExtractionError(PipelineError):
     """The features cannot be extracted: a bad image list, an unreadable image, an unfinished rank."""
 
 

@@ -29,6 +29,8 @@ import h5py
 import numpy as np
 import torch
 
+from pipeline.errors import InputError
+
 FEATURES = "features"  # dataset (N, P, E)
 IMAGES = "images"  # dataset (N,) of names
 CHECKSUMS = "row_crc32"  # optional dataset (N,) uint32: CRC-32 of each row's bytes, written with the row
@@ -38,7 +40,7 @@ VERIFY_ROWS = 256  # rows read at a time by verify_cache
 Rows = int | slice | Sequence[int] | np.ndarray | torch.Tensor
 
 
-class FeatureStoreError(ValueError):
+class FeatureStoreError(InputError):
     """The feature cache exists but is not what the readers expect."""
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from pipeline.encoder.feature_cache import FEATURES, FeatureStore
+from pipeline.errors import ConfigError
 
 MEMORY_ENV = "PIPELINE_FEATURE_MEMORY"
 MEMORY_FRACTION = 0.5  # of the free memory, when neither the caller nor the environment sets a budget
@@ -58,7 +59,7 @@ def parse_bytes(text: str) -> int:
     """'2G', '512M', '1.5G', '0' or a plain count -> bytes; a ValueError naming the variable otherwise."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, flags=re.IGNORECASE)
     if match is None:
-        raise ValueError(f"{MEMORY_ENV}={text!r} is not a size; use bytes with an optional K/M/G/T suffix "
+        raise ConfigError(f"{MEMORY_ENV}={text!r} is not a size; use bytes with an optional K/M/G/T suffix "
                          f"(e.g. 2G, 512M), or 0 to stream the features from disk")
     return int(float(match.group(1)) * UNITS[match.group(2).upper()])
 

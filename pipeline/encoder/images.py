@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from pipeline.errors import InputError
+
 if TYPE_CHECKING:
     import torch
 
@@ -40,7 +42,7 @@ IMAGE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, Image.Decompress
                 Image.DecompressionBombWarning)
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(InputError):
     """An image file cannot be read or decoded."""
 
 

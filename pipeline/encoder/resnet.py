@@ -23,6 +23,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import ResNet50_Weights
 
+from pipeline.errors import PipelineError
+
 ARCHITECTURE = "resnet50"
 NO_WEIGHTS = "none"
 STATE_DICT_SUFFIXES = (".pth", ".pt")
@@ -34,7 +36,7 @@ DROPPED_LAYERS = ("avgpool", "fc")  # the classifier head; the encoder keeps the
 UNLOADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError)
 
 
-class EncoderError(RuntimeError):
+class EncoderError(PipelineError):
     """The encoder cannot be built: unknown name, or weights that cannot be found or loaded."""
 
 

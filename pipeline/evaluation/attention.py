@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.errors import InputError
 from pipeline.evaluation.figures import attention_grid
-from pipeline.files import InputError
 from pipeline.model.captioner import Caption
 
 

@@ -17,8 +17,10 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from pipeline.errors import MissingToolError
 
-class JavaError(RuntimeError):
+
+class JavaError(MissingToolError):
     """No working Java runtime for the PTB tokenizer and METEOR."""
 
 

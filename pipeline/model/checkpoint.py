@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from pipeline.files import InputError
+from pipeline.errors import InputError
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
 

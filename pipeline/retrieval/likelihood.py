@@ -30,13 +30,14 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from pipeline.errors import InputError
 from pipeline.model.decoder import CaptionDecoder
 from pipeline.text import Vocabulary, normalise, tokenize
 
 FeaturesOf = Callable[[np.ndarray], torch.Tensor]  # image rows (U,) -> features (U, P, E)
 
 
-class QueryError(ValueError):
+class QueryError(InputError):
     """A query that cannot be scored: no words once normalised."""
 
 

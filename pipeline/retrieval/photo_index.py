@@ -33,6 +33,7 @@ from tqdm import tqdm
 from pipeline.encoder.extraction import DONE, ImageFiles, names_sha256, open_partial, write_rows
 from pipeline.encoder.feature_cache import IMAGES, FeatureStore, create_layout
 from pipeline.encoder.resnet import FEATURE_DIM, file_sha256
+from pipeline.errors import InputError
 from pipeline.files import atomic_path, list_files, write_json
 from pipeline.model.captioner import describe
 from pipeline.photos import PhotoCaptioner
@@ -46,7 +47,7 @@ COPY_ROWS = 256
 MANIFEST_KEYS = ("files", "captions", "skipped")
 
 
-class PhotoIndexError(RuntimeError):
+class PhotoIndexError(InputError):
     """A photo index that is missing, incomplete or made for another model."""
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.encoder.feature_cache import FeatureStore
+from pipeline.errors import InputError
 from pipeline.model.decoder import CaptionDecoder
 from pipeline.retrieval.likelihood import (
     LikelihoodScorer,
@@ -28,7 +29,7 @@ from pipeline.text import Vocabulary
 MEAN_CHUNK = 256  # images read at a time when averaging a gallery's features
 
 
-class SearchError(ValueError):
+class SearchError(InputError):
     """A search that cannot run: an empty gallery or index."""
 
 

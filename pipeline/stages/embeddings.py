@@ -23,9 +23,10 @@ import numpy as np
 from gensim.models import KeyedVectors, Word2Vec
 
 from pipeline.cli import run
-from pipeline.config import ConfigError, DatasetConfig, EmbeddingsConfig, VocabConfig, load_section
+from pipeline.config import DatasetConfig, EmbeddingsConfig, VocabConfig, load_section
 from pipeline.datasets.report import DatasetError
 from pipeline.datasets.table import read_captions
+from pipeline.errors import ConfigError
 from pipeline.files import atomic_paths, json_text
 from pipeline.text import PAD, SPECIAL_TOKENS, Vocabulary, tokenize
 

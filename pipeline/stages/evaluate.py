@@ -32,11 +32,12 @@ from pipeline.config import (
 from pipeline.datasets.table import read_captions, references_by_image
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
+from pipeline.errors import InputError
 from pipeline.evaluation.attention import attention_correctness, load_objects
 from pipeline.evaluation.diversity import caption_diversity
 from pipeline.evaluation.figures import draw_attention
 from pipeline.evaluation.scoring import coco_scores, require_java
-from pipeline.files import InputError, atomic_paths, json_text, write_json
+from pipeline.files import atomic_paths, json_text, write_json
 from pipeline.model.captioner import describe_all, search_options
 from pipeline.model.checkpoint import check_features, load_checkpoint
 from pipeline.runtime import resolve_device

@@ -32,7 +32,8 @@ from pipeline.config import (
 )
 from pipeline.datasets.table import read_captions, references_by_image
 from pipeline.encoder.feature_cache import FeatureStore
-from pipeline.files import InputError, write_json
+from pipeline.errors import InputError
+from pipeline.files import write_json
 from pipeline.model.captioner import describe_all, search_options
 from pipeline.model.checkpoint import check_features, load_checkpoint
 from pipeline.model.decoder import CaptionDecoder

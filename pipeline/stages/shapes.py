@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from pipeline.cli import run
 from pipeline.config import DEMO_COLOURS, DatasetConfig, ShapesConfig, load_section
+from pipeline.errors import ConfigError
 from pipeline.files import atomic_path
 
 BACKGROUND = (60, 60, 60)
@@ -71,7 +72,7 @@ def sample_objects(rng: np.random.Generator, config: ShapesConfig) -> list[Shape
             objects.append(ShapeObject(*pairs[index], box))
         if len(objects) == count:
             return order_objects(objects)
-    raise RuntimeError("could not place the objects apart; lower shapes.object_size or max_objects")
+    raise ConfigError("could not place the objects apart; lower shapes.object_size or max_objects")
 
 
 def order_objects(objects: list[ShapeObject]) -> list[ShapeObject]:

@@ -41,8 +41,9 @@ from pipeline.config import (
 from pipeline.datasets.table import read_captions, references_by_image
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
+from pipeline.errors import InputError
 from pipeline.evaluation.scoring import coco_scores
-from pipeline.files import InputError, save_torch
+from pipeline.files import save_torch
 from pipeline.identity import stage_identity
 from pipeline.model.captioner import describe_all, search_options
 from pipeline.model.checkpoint import checkpoint_payload, read_payload

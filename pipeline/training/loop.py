@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.encoder.feature_matrix import FeatureMatrix
-from pipeline.files import InputError
+from pipeline.errors import InputError
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig, caption_loss
 from pipeline.text import Vocabulary
 from pipeline.training.batches import EncodedCaptions
