@@ -14,7 +14,9 @@ import itertools
 import os
 import pickle
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -241,3 +243,21 @@ def encoder_info(weights: str, image_size: int, precision: str) -> dict[str, str
     if weights not in weight_names() and weights != NO_WEIGHTS:
         info["weights_sha256"] = file_sha256(Path(weights))
     return info
+
+
+DEMO_ATTR = "demo_dataset"  # cache attr (and so the checkpoint's `encoder`): the features are of the built-in demo
+
+
+def untrained_notice(encoder: Mapping[str, Any]) -> str | None:
+    """What to tell a person whose features come from an untrained encoder on real photos, else None.
+
+    `encoder` is a feature cache's attrs or a checkpoint's `encoder` record. With `weights: none` the
+    ResNet50 is random: its features still separate the demo's flat coloured shapes, but on real photos
+    captions only follow the training captions' prior. Caches that do not record DEMO_ATTR count as
+    not the demo.
+    """
+    if str(encoder.get("weights")) != NO_WEIGHTS or bool(encoder.get(DEMO_ATTR, False)):
+        return None
+    return ("the encoder is untrained (encoder.weights: none), so captions and search on real photos follow only "
+            "the training captions' prior; set encoder.weights to IMAGENET1K_V2 or a weights file "
+            "(docs/real-datasets.md, 'Machines without pretrained weights') and rerun `dvc repro`")
