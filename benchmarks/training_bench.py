@@ -31,7 +31,7 @@ from benchmarks.tutorial import END, PAD, START, E, P, TutorialCaptions, make_pa
 from pipeline.config import TrainConfig, load_section
 from pipeline.encoder.feature_cache import FeatureStore, create_layout
 from pipeline.encoder.feature_matrix import FeatureMatrix
-from pipeline.model.decoder import CaptionDecoder
+from pipeline.model.architectures import build_decoder
 from pipeline.training.batches import EncodedCaptions, bucket_batches
 from pipeline.training.loop import run_epoch
 
@@ -94,7 +94,7 @@ def bench_training(num_images: int, num_captions: int, vocab_size: int, batch_si
         assert resident.resident and not streamed.resident
 
         ours, tutorial = make_pair(vocab_size, seed=0)
-        spatial = CaptionDecoder(dataclasses.replace(ours.config, architecture="spatial"))
+        spatial = build_decoder(dataclasses.replace(ours.config, architecture="spatial"))
         optimizers = {"ours": torch.optim.Adam(ours.parameters()), "tutorial": torch.optim.Adam(tutorial.parameters()),
                       "spatial": torch.optim.Adam(spatial.parameters())}
         data = TutorialCaptions(str(cache), captions.image_rows, captions.tokens, captions.lengths)

@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.encoder.feature_cache import FEATURES
+from pipeline.model.architectures import build_decoder
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig, caption_loss
 
 # the seed model: E encoder, P regions, A attention, H hidden, D embedding
@@ -188,8 +189,9 @@ def make_pair(vocab_size: int, seed: int) -> tuple[CaptionDecoder, TutorialDecod
     """Our decoder and the tutorial's, with the same weights."""
     torch.manual_seed(seed)
     tutorial = TutorialDecoder(vocab_size)
-    ours = CaptionDecoder(DecoderConfig(vocab_size=vocab_size, embed_dim=D, encoder_dim=E, attention_dim=A,
-                                        decoder_dim=H, dropout=0.5, pad_index=PAD))
+    ours = build_decoder(DecoderConfig(vocab_size=vocab_size, embed_dim=D, encoder_dim=E, attention_dim=A,
+                                       decoder_dim=H, dropout=0.5, pad_index=PAD, max_caption_length=30,
+                                       architecture="sat"))
     copy_weights(tutorial, ours)
     return ours, tutorial
 

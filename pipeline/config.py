@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -31,6 +31,13 @@ PARAMS_ENV = "PIPELINE_PARAMS"
 DEFAULT_PARAMS = "params.yaml"
 SPLITS = ("train", "val", "test")
 Split = Literal["train", "val", "test"]
+# the decoder architectures, one module each in pipeline/model/architectures/ (the default is params.yaml's)
+Architecture = Literal["sat", "spatial"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+# torch.compile of the decoder step: auto (on CUDA, where kernel launches bound it) | always | never;
+# not on/off: YAML reads those unquoted as booleans
+CompileSetting = Literal["auto", "always", "never"]
+COMPILE_SETTINGS: tuple[str, ...] = get_args(CompileSetting)
 
 # what the demo can draw (pipeline.stages.shapes)
 DEMO_COLOURS = {
@@ -151,7 +158,7 @@ class EmbeddingsConfig(Section):
 
 
 class ModelConfig(Section):
-    architecture: Literal["spatial", "sat"]
+    architecture: Architecture
     attention_dim: int = Field(ge=1, le=16384)
     decoder_dim: int = Field(ge=1, le=16384)
     dropout: Real = Field(ge=0.0, lt=1.0)
@@ -172,7 +179,7 @@ class TrainConfig(Section):
     early_stopping: Literal["cider", "bleu4", "loss"]  # on the validation split
     num_samples: int = Field(ge=0, le=1000)  # sample captions logged every epoch
     amp: Literal["auto", "fp32", "bf16", "fp16"]  # not "off": YAML reads an unquoted off as false
-    compile: Literal["auto", "always", "never"]  # torch.compile the decoder step (auto: on CUDA)
+    compile: CompileSetting
     device: Device
     seed: int = Field(ge=0)
     resume: bool

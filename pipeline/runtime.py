@@ -1,8 +1,11 @@
 """The run's environment: the device, seeds, and the processes that torchrun starts."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,3 +133,48 @@ def gather(items: dict[str, Any], world_size: int) -> dict[str, Any]:
     parts: list[dict[str, Any] | None] = [None] * world_size
     dist.all_gather_object(parts, items)
     return {key: value for part in parts for key, value in (part or {}).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Processes:
+    """This process's place among torchrun's processes (one process when not under torchrun)."""
+
+    rank: int
+    world_size: int
+    device: "torch.device"
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0, the process that decides, scores and writes every file."""
+        return self.rank == 0
+
+    def say(self, message: str) -> None:
+        """Print a line for a person, from rank 0 only."""
+        if self.main:
+            print(message, flush=True)
+
+    def follow(self, value: Any) -> Any:
+        """Rank 0's `value` on every process (`follow_rank_zero`)."""
+        return follow_rank_zero(value, self.world_size)
+
+    def gather(self, items: dict[str, Any]) -> dict[str, Any]:
+        """The union of every process's dict (`gather`)."""
+        return gather(items, self.world_size)
+
+    def wrap(self, model: "torch.nn.Module") -> "torch.nn.Module":
+        """The module training calls: DistributedDataParallel over the processes, or `model` itself."""
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+
+@contextlib.contextmanager
+def processes(device_name: str, key: str | None = None) -> Iterator[Processes]:
+    """`start_processes` for the block, `stop_processes` after it, whatever happens."""
+    rank, world_size, device = start_processes(device_name, key)
+    try:
+        yield Processes(rank, world_size, device)
+    finally:
+        stop_processes(world_size)

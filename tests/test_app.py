@@ -27,8 +27,9 @@ from pipeline.app import MAX_BYTES, Service, check_photo, create_app
 from pipeline.datasets.table import read_captions
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.files import save_torch
+from pipeline.model.architectures import build_decoder
 from pipeline.model.checkpoint import checkpoint_payload
-from pipeline.model.decoder import CaptionDecoder, DecoderConfig, caption_loss
+from pipeline.model.decoder import DecoderConfig, caption_loss
 from pipeline.photos import PhotoCaptioner
 from pipeline.retrieval.likelihood import encode_queries
 from pipeline.retrieval.photo_index import update_index
@@ -49,8 +50,9 @@ def train_decoder(project: Path, images: list[str], out: Path, steps: int = 80) 
     features = store.load(store.rows_of(list(table["image"]))).float()  # (C, P, E)
     tokens = encode_queries(list(table["caption"]), vocabulary, 12)
     torch.manual_seed(0)
-    model = CaptionDecoder(DecoderConfig(vocab_size=len(vocabulary), embed_dim=16, encoder_dim=store.feature_dim,
-                                         attention_dim=16, decoder_dim=48, dropout=0.0, max_caption_length=12))
+    model = build_decoder(DecoderConfig(vocab_size=len(vocabulary), embed_dim=16, encoder_dim=store.feature_dim,
+                                        attention_dim=16, decoder_dim=48, dropout=0.0, pad_index=0,
+                                        max_caption_length=12, architecture="sat"))
     regions = features.flatten(0, 1)
     model.set_feature_statistics(regions.mean(0), regions.std(0))
     optimiser = torch.optim.Adam(model.parameters(), lr=0.01)

@@ -106,8 +106,8 @@ def beam_reference(model: CaptionDecoder, image: torch.Tensor, beam_size: int,
         candidates = []
         for score, words, h, c, alphas in live:
             gates = model.word_gates(model.embedding(torch.tensor(words[-1:])))
-            h, c, context, alpha = model.step(state.x, state.projected, gates, h, c)
-            log_probs = F.log_softmax(model.read_out(context, h), dim=1)[0].tolist()
+            h, c, out, alpha = model.step(state.x, state.projected, gates, h, c)
+            log_probs = F.log_softmax(model.read_out(out), dim=1)[0].tolist()
             candidates += [(score + lp, words + [w], h, c, alphas + [alpha[0]]) for w, lp in enumerate(log_probs)]
         candidates.sort(key=lambda candidate: -candidate[0])
         for score, words, _, _, alphas in candidates[:beam_size]:

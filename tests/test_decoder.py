@@ -63,7 +63,7 @@ def test_forward_is_causal():
     changed_logits, changed_alphas = model(features, changed)
     torch.testing.assert_close(logits[:, :3], changed_logits[:, :3])
     # sat's attention at step t is queried with h before input word t; spatial's with h after it
-    unchanged = 3 if model.spatial else 4
+    unchanged = 3 if model.config.architecture == "spatial" else 4
     torch.testing.assert_close(alphas[:, :unchanged], changed_alphas[:, :unchanged])
     assert not torch.allclose(alphas[:, unchanged:], changed_alphas[:, unchanged:])
     assert not torch.allclose(logits[:, 3:], changed_logits[:, 3:])
@@ -174,19 +174,19 @@ def test_sat_step_equals_lstm_cell_on_embedding_and_gated_context():
         x, projected = state.x, state.projected
         h = state.h + torch.randn_like(state.h)  # a state away from the initial one
         c = torch.randn_like(state.c)
-        new_h, new_c, context, alpha = model.step(x, projected, model.word_gates(embedded), h, c)
+        new_h, new_c, out, alpha = model.step(x, projected, model.word_gates(embedded), h, c)
 
         # Show, Attend and Tell: attend with the previous h, then the cell reads [word; gated context]
         hidden = model.hidden_projection(h)  # (B, A + E)
         raw_context, reference_alpha = model.attention(x, projected, hidden[:, :A])
         gated = torch.sigmoid(hidden[:, A:]) * raw_context  # (B, E)
         reference_h, reference_c = cell(torch.cat([embedded, gated], dim=1), (h, c))
-        logits = model.read_out(context, new_h)
+        logits = model.read_out(out)
 
     torch.testing.assert_close(new_h, reference_h)
     torch.testing.assert_close(new_c, reference_c)
     torch.testing.assert_close(alpha, reference_alpha)
-    torch.testing.assert_close(context, gated)
+    torch.testing.assert_close(out, new_h)  # what the word is read from
     # the attention context is the alpha-weighted sum of the (standardised) region features
     torch.testing.assert_close(raw_context, (reference_alpha.unsqueeze(2) * x).sum(dim=1))
     torch.testing.assert_close(logits, model.output(new_h))  # the word is read from h alone
@@ -209,7 +209,7 @@ def test_spatial_step_equals_lstm_cell_on_the_word_then_attention_with_the_new_s
         x, projected = state.x, state.projected
         h = state.h + torch.randn_like(state.h)
         c = torch.randn_like(state.c)
-        new_h, new_c, context, alpha = model.step(x, projected, model.word_gates(embedded), h, c)
+        new_h, new_c, out, alpha = model.step(x, projected, model.word_gates(embedded), h, c)
 
         # the cell reads the word alone (the image reaches the words only through attention), then
         # attention is queried with the NEW h
@@ -217,19 +217,34 @@ def test_spatial_step_equals_lstm_cell_on_the_word_then_attention_with_the_new_s
         hidden = model.hidden_projection(reference_h)
         raw_context, reference_alpha = model.attention(x, projected, hidden[:, :A])
         gated = torch.sigmoid(hidden[:, A:]) * raw_context
-        logits = model.read_out(context, new_h)
+        logits = model.read_out(out)
         reference_logits = model.output(torch.tanh(model.combine(torch.cat([gated, reference_h], dim=1))))
 
     torch.testing.assert_close(new_h, reference_h)
     torch.testing.assert_close(new_c, reference_c)
     torch.testing.assert_close(alpha, reference_alpha)
-    torch.testing.assert_close(context, gated)
+    torch.testing.assert_close(out, torch.cat([gated, reference_h], dim=1))  # [gated context; new h]
     torch.testing.assert_close(logits, reference_logits)  # the word is read from [context; new h]
 
 
 def test_unknown_architecture_is_refused():
     with pytest.raises(ValueError, match="unknown decoder architecture 'transformer'"):
         make_model(architecture="transformer")
+
+
+def test_every_configurable_architecture_has_its_module_and_nothing_else():
+    """The config's list of names, the registry and the modules of pipeline/model/architectures agree."""
+    from pathlib import Path
+
+    from pipeline.config import ARCHITECTURES
+    from pipeline.model import architectures
+
+    modules = {path.stem for path in Path(architectures.__file__).parent.glob("*.py")} - {"__init__"}
+    assert set(ARCHITECTURES) == set(architectures.DECODERS) == modules
+    for name in ARCHITECTURES:
+        decoder = architectures.DECODERS[name]
+        assert decoder.__module__ == f"pipeline.model.architectures.{name}"
+        assert {"add_recurrent_layers", "step", "read_out"} <= set(vars(decoder))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pipeline.config import TrainConfig
+from pipeline.model.architectures import build_decoder
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig
-from pipeline.stages.train import follow_rank_zero
+from pipeline.runtime import follow_rank_zero
 from pipeline.training.batches import EncodedCaptions
 from pipeline.training.loop import run_epoch, shard
 
@@ -46,8 +47,8 @@ class Features:
 def problem() -> tuple[CaptionDecoder, Features, EncodedCaptions, list[torch.Tensor]]:
     """A tiny model and 16 captions of varied lengths in 2 global batches of 8."""
     torch.manual_seed(0)
-    model = CaptionDecoder(DecoderConfig(vocab_size=12, embed_dim=6, encoder_dim=8, attention_dim=5,
-                                         decoder_dim=7, dropout=0.0))
+    model = build_decoder(DecoderConfig(vocab_size=12, embed_dim=6, encoder_dim=8, attention_dim=5, decoder_dim=7,
+                                        dropout=0.0, pad_index=0, max_caption_length=30, architecture="sat"))
     features = Features(torch.randn(4, 4, 8))
     lengths = torch.tensor([3, 5, 4, 6, 3, 7, 5, 4, 6, 3, 4, 5, 7, 6, 3, 4])
     tokens = torch.zeros(16, 7, dtype=torch.long)

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from pipeline.identity import CONTINUABLE, stage_identity
-from pipeline.training.resume import can_continue, stop_epoch
+from pipeline.training.resume import EarlyStopping, Progress, RunFiles, can_continue
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,16 +94,25 @@ def test_a_change_inside_a_linked_image_folder_changes_the_identity(tmp_path: Pa
     assert stage_identity("s", tmp_path / "dvc.yaml", tmp_path / "params.yaml") != base
 
 
+def test_early_stopping_records_the_best_epoch_and_stops_after_patience() -> None:
+    stopping, progress = EarlyStopping(2, higher_is_better=True), Progress()
+    assert [stopping.record(progress, score) for score in (0.1, 0.3, 0.3, 0.2)] == [True, True, False, False]
+    assert (progress.epoch, progress.best_epoch, progress.best_score) == (4, 2, 0.3) and stopping.stopped(progress)
+    assert Progress.from_dict(progress.as_dict()) == progress
+    falling = EarlyStopping(1, higher_is_better=False)
+    assert falling.improves(1.0, None) and falling.improves(1.0, 2.0) and not falling.improves(2.0, 1.0)
+
+
 def test_stop_epoch_and_can_continue() -> None:
     scores = [0.1, 0.3, 0.2, 0.25, 0.2]  # best at epoch 2, then three epochs without improvement
-    assert stop_epoch(scores, patience=3, higher_is_better=True) == 5
-    assert stop_epoch(scores, patience=2, higher_is_better=True) == 4
-    assert stop_epoch(scores, patience=4, higher_is_better=True) is None
-    assert stop_epoch([3.0, 2.0, 2.5], patience=1, higher_is_better=False) == 3
-    assert can_continue(scores, epochs=10, patience=3, higher_is_better=True) is None  # it stopped exactly there
-    assert can_continue(scores, epochs=10, patience=5, higher_is_better=True) is None  # more patience: go on
-    assert "would have stopped after epoch 4" in can_continue(scores, epochs=10, patience=2, higher_is_better=True)
-    assert "more than train.epochs = 4" in can_continue(scores, epochs=4, patience=9, higher_is_better=True)
+    assert EarlyStopping(3, higher_is_better=True).stop_epoch(scores) == 5
+    assert EarlyStopping(2, higher_is_better=True).stop_epoch(scores) == 4
+    assert EarlyStopping(4, higher_is_better=True).stop_epoch(scores) is None
+    assert EarlyStopping(1, higher_is_better=False).stop_epoch([3.0, 2.0, 2.5]) == 3
+    assert can_continue(scores, 10, EarlyStopping(3, higher_is_better=True)) is None  # it stopped exactly there
+    assert can_continue(scores, 10, EarlyStopping(5, higher_is_better=True)) is None  # more patience: go on
+    assert "would have stopped after epoch 4" in can_continue(scores, 10, EarlyStopping(2, higher_is_better=True))
+    assert "more than train.epochs = 4" in can_continue(scores, 4, EarlyStopping(9, higher_is_better=True))
 
 
 def run_train(project: Path, capsys: pytest.CaptureFixture, **train: object) -> str:
@@ -134,20 +143,20 @@ def test_resume_continues_only_the_same_run(project: Path, capsys: pytest.Captur
 
 
 def test_a_damaged_or_foreign_last_or_best_checkpoint_starts_afresh_saying_why(tmp_path: Path) -> None:
-    from pipeline.config import TrainConfig
-    from pipeline.stages.train import resume_state
-    from tests.conftest import params_with
-
-    config = TrainConfig.model_validate(params_with(tiny=True)["train"])
     last_path, best_path = tmp_path / "last.pt", tmp_path / "best.pt"
+    files = RunFiles(best_path, last_path, "train")
+
+    def resume_state(last: Path, identity: str) -> tuple:
+        return files.resume_point(identity, True, 12, EarlyStopping(5, higher_is_better=False))
+
     state = {"epoch": 3, "scores": [3.0, 2.0, 2.5], "best_score": 2.0, "best_epoch": 2}
     torch.save({"state": state, "identity": "run"}, last_path)
     torch.save({"epoch": 2}, best_path)
-    last, reason = resume_state(last_path, "run", config, best_path)
+    last, reason = resume_state(last_path, "run")
     assert last is not None and last["state"] == state and not reason
 
     torch.save({"epoch": 3}, best_path)  # killed after best.pt of epoch 4 was written, before last.pt
-    assert resume_state(last_path, "run", config, best_path) == (
+    assert resume_state(last_path, "run") == (
         None, f"{best_path} is not the best epoch (2) of the run in {last_path}; "
               "it was replaced or written by an interrupted epoch")
     torch.save({"epoch": 2}, best_path)
@@ -155,11 +164,11 @@ def test_a_damaged_or_foreign_last_or_best_checkpoint_starts_afresh_saying_why(t
         whole = damaged.read_bytes()
         for broken in (whole[:len(whole) // 2], b""):
             damaged.write_bytes(broken)
-            last, reason = resume_state(last_path, "run", config, best_path)
+            last, reason = resume_state(last_path, "run")
             assert last is None and reason.startswith(f"{damaged} cannot be loaded: it is cut off, empty or not a "
                                                       "checkpoint")
         damaged.write_bytes(whole)
     torch.save([1, 2], last_path)
-    assert resume_state(last_path, "run", config, best_path)[1] == f"{last_path} was made from other code, inputs or params"
+    assert resume_state(last_path, "run")[1] == f"{last_path} was made from other code, inputs or params"
     best_path.unlink()
-    assert resume_state(last_path, "run", config, best_path) == (None, f"{best_path} is missing")
+    assert resume_state(last_path, "run") == (None, f"{best_path} is missing")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.encoder.feature_cache import FeatureStore, create_layout
+from pipeline.model.architectures import build_decoder
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig, DecoderState, caption_loss
 from pipeline.retrieval.likelihood import LikelihoodScorer, QueryError, encode_queries
 from pipeline.retrieval.metrics import rank_counts, rerank, retrieval_scores
@@ -40,8 +41,9 @@ def image_features(caption: str) -> torch.Tensor:
 def trained(one_thread: None) -> tuple[CaptionDecoder, torch.Tensor]:
     """A small decoder trained until the image's features determine its caption, and those features."""
     torch.manual_seed(0)
-    model = CaptionDecoder(DecoderConfig(vocab_size=len(VOCAB), embed_dim=8, encoder_dim=8, attention_dim=8,
-                                         decoder_dim=16, dropout=0.2, max_caption_length=6))
+    model = build_decoder(DecoderConfig(vocab_size=len(VOCAB), embed_dim=8, encoder_dim=8, attention_dim=8,
+                                        decoder_dim=16, dropout=0.2, pad_index=0, max_caption_length=6,
+                                        architecture="sat"))
     features = torch.stack([image_features(caption) for caption in CAPTIONS])  # (5, 4, 8)
     tokens = encode_queries(CAPTIONS, VOCAB, 6)  # (5, 5)
     optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
@@ -101,7 +103,8 @@ class ImageOnlyDecoder(nn.Module):
 
     def __init__(self, vocab_size: int) -> None:
         super().__init__()
-        self.config = DecoderConfig(vocab_size=vocab_size, encoder_dim=vocab_size, max_caption_length=6)
+        self.config = DecoderConfig(vocab_size=vocab_size, embed_dim=1, encoder_dim=vocab_size, attention_dim=1, decoder_dim=1,
+                                    dropout=0.0, pad_index=0, max_caption_length=6, architecture="sat")
         self.register_buffer("feature_mean", torch.zeros(vocab_size))
 
     def start(self, features: torch.Tensor) -> DecoderState:

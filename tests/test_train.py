@@ -17,6 +17,7 @@ from pipeline.datasets.table import read_captions
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.stages import train
 from pipeline.text import SPECIAL_TOKENS
+from pipeline.training import compiled
 from pipeline.training.compiled import compile_decoder
 from tests.conftest import write_params
 
@@ -109,11 +110,11 @@ def test_a_machine_where_torch_compile_fails_trains_with_the_plain_step(
     from tests.test_speed_compiled import failing_backend
 
     run_train(in_tiny_project, "plain", monkeypatch, capsys, epochs=1, compile="never", **run_paths("plain"))
-    monkeypatch.setattr(train, "compile_decoder", functools.partial(compile_decoder, backend=failing_backend))
+    monkeypatch.setattr(compiled, "compile_decoder", functools.partial(compile_decoder, backend=failing_backend))
     out = run_train(in_tiny_project, "failing", monkeypatch, capsys, epochs=1, compile="always",
                     **run_paths("failing"))
     assert ("train: torch.compile failed on this machine (RuntimeError: Failed to find C compiler. Please specify "
-            "via CC environment variable.); training with the plain step") in out
+            "via CC environment variable.); using the plain step") in out
     plain = torch.load(in_tiny_project / "runs/plain/last.pt", weights_only=True)["model"]
     fallen_back = torch.load(in_tiny_project / "runs/failing/last.pt", weights_only=True)["model"]
     for key, value in plain.items():

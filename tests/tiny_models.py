@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.model.architectures import build_decoder
 from pipeline.model.beam_search import SearchOptions, beam_search
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig
 
@@ -21,9 +22,9 @@ def make_model(seed: int = 0, dropout: float = 0.0, end_bias: float | None = Non
     them differ. `end_bias` sets the output bias of END (to make END likelier, or impossible).
     """
     torch.manual_seed(seed)
-    model = CaptionDecoder(DecoderConfig(vocab_size=V, embed_dim=D, encoder_dim=E, attention_dim=A,
-                                         decoder_dim=H, dropout=dropout, pad_index=PAD,
-                                         architecture=architecture or ARCHITECTURE))
+    model = build_decoder(DecoderConfig(vocab_size=V, embed_dim=D, encoder_dim=E, attention_dim=A,
+                                        decoder_dim=H, dropout=dropout, pad_index=PAD, max_caption_length=30,
+                                        architecture=architecture or ARCHITECTURE))
     with torch.no_grad():
         model.output.weight.mul_(sharpness)
         if end_bias is not None:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import InputError
+from pipeline.model.architectures import build_decoder
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
 
@@ -59,9 +60,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
         raise InputError(f"{path} does not say which encoder its features came from (its 'encoder' lacks weights "
                          f"or image_size); {retrain}")
     try:
-        model = CaptionDecoder(DecoderConfig(**payload["model_config"]))
+        # a checkpoint from before model.architecture existed holds the Show, Attend and Tell decoder
+        model = build_decoder(DecoderConfig(**{"architecture": "sat", **payload["model_config"]}))
         model.load_state_dict(payload["state_dict"])
-    except (TypeError, RuntimeError) as error:
+    except (TypeError, ValueError, RuntimeError) as error:
         raise InputError(f"{path}: its weights do not fit its model_config, the checkpoint is damaged or of "
                          f"another version ({' '.join(str(error).split())[:200]}); {retrain}") from error
     words = payload["vocabulary"]

@@ -1,26 +1,19 @@
-"""An LSTM decoder with soft attention over cached CNN region features, in two architectures.
+"""An LSTM decoder with soft attention over cached CNN region features: what every architecture shares.
 
-- `spatial` (the default for new models): the spatial attention of Lu et al., "Knowing When to
-  Look" (CVPR 2017), with the image reaching the words only through attention: the LSTM reads
-  the word alone (its state starts from the mean feature), attention is queried with the NEW state
-  h_t, and the word is read out from tanh(W [context_t; h_t]). The context that names a word is
-  the one attended while choosing it, so the attention of `circle` must find the circle: on the
-  shapes demo its attention lands on the named object more often than Show, Attend and Tell's, and
-  the step's recurrent product is 5x smaller. Two variants were worse there (docs/demo.md): Lu et
-  al.'s mean image feature as LSTM input at every step (the words could be read from it, bypassing
-  attention) and their read-out W_p (c_t + h_t) (the state alone carried the caption).
-- `sat`: Show, Attend and Tell (Xu et al., ICML 2015), as in the reference tutorials: attention is
-  queried with the PREVIOUS state h_{t-1}, its gated context is LSTM input, and the word is read
-  out from h_t alone. Kept for comparison with those implementations and for older checkpoints
-  (a stored config without `architecture` is this one).
+Each architecture is one small module of `pipeline.model.architectures` (the names are
+`pipeline.config.ARCHITECTURES`): a subclass of `CaptionDecoder` that defines its recurrent
+layers, `step` (how one word updates the state and where it looks) and `read_out` (what the word
+is predicted from). Everything else is here, once: the per-channel standardisation of the
+features, the word embedding, the additive attention with its projection of the features computed
+once per image, the initial state from the mean feature, the LSTM cell's update, the teacher-forced
+`forward` (the output layer once after the step loop) and the `start`/`advance` interface that
+`pipeline.model.beam_search`, SCST's sampler and retrieval's scorer drive; then the loss.
 
 Dimension names, used in every shape comment:
     B batch, P regions (49 for a 7x7 grid), E encoder feature size (2048), A attention size,
     H decoder hidden size, D word-embedding size, T time steps, V vocabulary size, K beams.
 
-The file reads top to bottom: configuration, attention, the decoder (one step, the
-teacher-forced forward, and the start/advance interface that `pipeline.model.beam_search`
-drives), then the loss. No I/O: checkpoints live in `pipeline.model.checkpoint`.
+No I/O: checkpoints live in `pipeline.model.checkpoint`.
 """
 from __future__ import annotations
 
@@ -30,20 +23,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import ModelConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
-    """Everything needed to rebuild the decoder; stored in every checkpoint."""
+    """Everything needed to rebuild the decoder; stored in every checkpoint.
+
+    No defaults: a decoder is built from params.yaml's `model` section (`from_params`) or from a
+    checkpoint's stored config, never from values written a second time here.
+    """
 
     vocab_size: int
-    embed_dim: int = 300
-    encoder_dim: int = 2048
-    attention_dim: int = 512
-    decoder_dim: int = 512
-    dropout: float = 0.5
-    pad_index: int = 0
-    max_caption_length: int = 30  # words: training captions are cut here, decoding stops here
-    architecture: str = "sat"  # sat | spatial (see the module docstring); checkpoints without it are sat
+    embed_dim: int
+    encoder_dim: int
+    attention_dim: int
+    decoder_dim: int
+    dropout: float
+    pad_index: int
+    max_caption_length: int  # words: training captions are cut here, decoding stops here
+    architecture: str  # one of pipeline.config.ARCHITECTURES
+
+    @classmethod
+    def from_params(cls, model: ModelConfig, vocab_size: int, embed_dim: int, encoder_dim: int,
+                    pad_index: int) -> DecoderConfig:
+        """The decoder of params.yaml's `model` section for this vocabulary, embedding and feature size."""
+        return cls(vocab_size=vocab_size, embed_dim=embed_dim, encoder_dim=encoder_dim,
+                   attention_dim=model.attention_dim, decoder_dim=model.decoder_dim, dropout=model.dropout,
+                   pad_index=pad_index, max_caption_length=model.max_caption_length,
+                   architecture=model.architecture)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,26 +125,19 @@ class Attention(nn.Module):
         return context.flatten(0, 1), alpha.flatten(0, 1)  # (N*K, E), (N*K, P)
 
 
-ARCHITECTURES = ("spatial", "sat")
-
-
 class CaptionDecoder(nn.Module):
-    """LSTM decoder with soft attention, `spatial` or `sat` (module docstring).
+    """What every architecture shares (module docstring); a subclass adds its recurrent layers,
+    `step` and `read_out`.
 
     The LSTM cell is written out so that each step has as few matrix products as possible: the
-    embedding part of the input is projected for all steps at once before the loop (teacher forcing
-    knows every input word), the per-step rest is one product
-    ([context; h] for sat, h for spatial), and the output layer runs once after the loop. sat is the
-    same function as `nn.LSTMCell(D + E, H)` with attention before it.
+    embedding part of the LSTM input is projected for all steps at once before the loop (teacher
+    forcing knows every input word), each architecture's per-step rest is one product, and the
+    output layer runs once after the loop.
     """
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
-        if config.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown decoder architecture {config.architecture!r}; "
-                             f"expected one of {', '.join(ARCHITECTURES)}")
         self.config = config
-        self.spatial = config.architecture == "spatial"
         E, A, H, D, V = (config.encoder_dim, config.attention_dim, config.decoder_dim,
                          config.embed_dim, config.vocab_size)
         # per-channel standardisation of the features, set from the training split
@@ -150,15 +151,29 @@ class CaptionDecoder(nn.Module):
         # h -> [attention projection (A); context gate (E)] in one product
         self.hidden_projection = nn.Linear(H, A + E)
         self.word_gates = nn.Linear(D, 4 * H)  # embedding part of the LSTM input
-        if self.spatial:
-            self.recurrent_gates = nn.Linear(H, 4 * H, bias=False)  # h part
-            self.combine = nn.Linear(E + H, H)  # [context; h] -> what the output layer reads
-        else:
-            self.recurrent_gates = nn.Linear(E + H, 4 * H, bias=False)  # [context; h] part
+        self.add_recurrent_layers(config)
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(H, V)
 
-    # -- pieces ---------------------------------------------------------------------------
+    # -- what an architecture defines -----------------------------------------------------------
+
+    def add_recurrent_layers(self, config: DecoderConfig) -> None:
+        """Create the architecture's own layers (called before the output layer, so that parameter
+        order, and with it the random initialisation, follows the module's reading order)."""
+        raise NotImplementedError
+
+    def step(self, x: torch.Tensor, projected: torch.Tensor, word_gates: torch.Tensor,
+             h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step from the state (h, c) (R, H) and this step's word projected to the gates (R, 4H), for
+        R caption rows laid out (images, beams) over x (N, P, E) and projected (N, P, A): the new h and
+        c, what `read_out` predicts the next word from (R, ...), and the attention (R, P) behind it."""
+        raise NotImplementedError
+
+    def read_out(self, out: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) of the next word from what `step` returned for it (..., F)."""
+        raise NotImplementedError
+
+    # -- shared pieces -----------------------------------------------------------------------------
 
     def set_feature_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Store the training features' per-channel mean and std (E,) used to standardise."""
@@ -186,24 +201,6 @@ class CaptionDecoder(nn.Module):
         context, alpha = self.attention(x, projected, hidden[:, :A])  # (B, E), (B, P)
         return torch.sigmoid(hidden[:, A:]) * context, alpha
 
-    def read_out(self, context: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Logits (..., V) of the next word from the step's context (..., E) and new state (..., H)."""
-        if self.spatial:  # Lu et al. read out W_p (c_t + h_t); a learnt mix of the two (one product) here
-            return self.output(self.dropout(torch.tanh(self.combine(torch.cat([context, h], dim=-1)))))
-        return self.output(self.dropout(h))
-
-    def step(self, x: torch.Tensor, projected: torch.Tensor, word_gates: torch.Tensor,
-             h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One decoder step from the state (h, c) and this step's word, projected to the gates (B, 4H):
-        new h, c, and the attention context (B, E) and weights (B, P) that go with the word it predicts."""
-        if self.spatial:  # update with the word, then look with the new state
-            h, c = self.lstm(word_gates + self.recurrent_gates(h), c)
-            context, alpha = self.attend(x, projected, h)
-        else:  # look with the previous state, then update with the word and what was seen
-            context, alpha = self.attend(x, projected, h)
-            h, c = self.lstm(word_gates + self.recurrent_gates(torch.cat([context, h], dim=1)), c)
-        return h, c, context, alpha
-
     # -- training ---------------------------------------------------------------------------
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,27 +211,24 @@ class CaptionDecoder(nn.Module):
         state = self.start(features)
         x, projected, h, c = state.x, state.projected, state.h, state.c
         gates = self.word_gates(self.embedding(captions[:, :-1]))  # (B, T-1, 4H)
-        hiddens, contexts, alphas = [], [], []
+        outs, alphas = [], []
         # unbind, not gates[:, t]: the gradient of an indexed step fills a zero (B, T-1, 4H) tensor
         # per step (quadratic in T); unbind's is one stack
         for step_gates in gates.unbind(1):
-            h, c, context, alpha = self.step(x, projected, step_gates, h, c)
-            hiddens.append(h)
+            h, c, out, alpha = self.step(x, projected, step_gates, h, c)
+            outs.append(out)
             alphas.append(alpha)
-            if self.spatial:
-                contexts.append(context)
-        hidden = torch.stack(hiddens, dim=1)  # (B, T-1, H)
         # the output layer once after the loop, for every step together
-        logits = self.read_out(torch.stack(contexts, dim=1) if self.spatial else None, hidden)  # (B, T-1, V)
+        logits = self.read_out(torch.stack(outs, dim=1))  # (B, T-1, V)
         return logits, torch.stack(alphas, dim=1)  # ..., (B, T-1, P)
 
     # -- decoding: the interface beam search drives ------------------------------------------
 
     def advance(self, state: DecoderState, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
-        """Feed words (B,): log-probabilities of the next word (B, V) in float32, attention (B, P), new state."""
-        h, c, context, alpha = self.step(state.x, state.projected, self.word_gates(self.embedding(words)),
-                                         state.h, state.c)
-        log_probs = F.log_softmax(self.read_out(context, h).float(), dim=1)  # (B, V)
+        """Feed words (R,): log-probabilities of the next word (R, V) in float32, attention (R, P), new state."""
+        h, c, out, alpha = self.step(state.x, state.projected, self.word_gates(self.embedding(words)),
+                                     state.h, state.c)
+        log_probs = F.log_softmax(self.read_out(out).float(), dim=1)  # (R, V)
         return log_probs, alpha, dataclasses.replace(state, h=h, c=c)
 
 

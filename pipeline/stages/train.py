@@ -8,10 +8,9 @@ Adam with weight decay, StepLR, gradient clipping, cross-entropy + doubly stocha
 penalty. Every epoch scores the validation split (loss, and greedy captions scored with BLEU-4 and
 CIDEr by the scorer evaluate uses) and keeps the best epoch by `train.early_stopping` (CIDEr by
 default: a constant caption can win BLEU, not CIDEr); training stops after `train.patience`
-epochs without improvement. Every epoch writes `last.pt` (model, optimiser, scheduler, gradient
-scaler, per-epoch scores); a rerun continues it only when it is the same run (see
-pipeline/training/resume.py), so an interrupted run loses at most one epoch and a changed stage
-always starts afresh.
+epochs without improvement. Every epoch writes `last.pt`; a rerun continues it only when it is the
+same run (pipeline/training/resume.py), so an interrupted run loses at most one epoch and a changed
+stage always starts afresh.
 
 Run: python -m pipeline.stages.train
      torchrun --nproc_per_node N -m pipeline.stages.train   # DistributedDataParallel over N GPUs (or CPU
@@ -21,12 +20,9 @@ rank 0 scores, decides early stopping and writes every file; the others follow i
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import pandas as pd
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.cli import run
 from pipeline.config import (
@@ -38,201 +34,108 @@ from pipeline.config import (
     VocabConfig,
     load_section,
 )
-from pipeline.datasets.table import read_captions, references_by_image
-from pipeline.encoder.feature_cache import FeatureStore
-from pipeline.encoder.feature_matrix import FeatureMatrix
-from pipeline.errors import InputError
-from pipeline.evaluation.scoring import coco_scores
-from pipeline.files import save_torch
 from pipeline.identity import stage_identity
-from pipeline.model.captioner import describe_all, search_options
-from pipeline.model.checkpoint import checkpoint_payload, read_payload
-from pipeline.runtime import (
-    follow_rank_zero,
-    gather,
-    relaunch_under_torchrun,
-    seed_everything,
-    start_processes,
-    stop_processes,
-)
-from pipeline.text import Vocabulary
-from pipeline.training.batches import bucket_batches, encode_captions
-from pipeline.training.compiled import compile_decoder, try_compiled
+from pipeline.model.checkpoint import checkpoint_payload
+from pipeline.runtime import Processes, processes, relaunch_under_torchrun, seed_everything
+from pipeline.training.batches import bucket_batches
+from pipeline.training.compiled import compile_step
+from pipeline.training.data import TrainingData, load_training_data
 from pipeline.training.epoch_log import EpochLog
-from pipeline.training.loop import build_model, load_embeddings, run_epoch
-from pipeline.training.precision import autocast_for
-from pipeline.training.resume import can_continue
-
-VALIDATION_METRICS = ("bleu4", "cider")
+from pipeline.training.loop import NoUpdate, build_model, load_embeddings, make_optimisers, run_epoch
+from pipeline.training.resume import EarlyStopping, Progress, RunFiles
+from pipeline.training.validation import validate
 
 
-class NoUpdate:
-    """An optimizer that changes nothing: a trial batch runs forward and backward, the weights stay."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.model.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        pass
+def epoch_batches(data: TrainingData, config: TrainConfig, epoch: int, world_size: int) -> list[torch.Tensor]:
+    """The epoch's shuffled, length-bucketed global batches: the same on every process, replayed on resume."""
+    return bucket_batches(data.train_set.lengths, config.batch_size * world_size,
+                          torch.Generator().manual_seed(config.seed + epoch))
 
 
-def improved(score: float, best: float | None, criterion: str) -> bool:
-    """Whether `score` beats `best` under the early-stopping criterion (loss falls, the others rise)."""
-    return best is None or (score < best if criterion == "loss" else score > best)
-
-
-def resume_state(path: Path, identity: str, config: TrainConfig, best_path: Path) -> tuple[dict | None, str]:
-    """The last.pt payload to continue, or None and why not."""
-    if not config.resume or not path.is_file():
-        return None, "no last.pt to continue" if config.resume else "train.resume is false"
-    if not best_path.is_file():
-        return None, f"{best_path} is missing"
-    try:
-        last, best = read_payload(path), read_payload(best_path)
-    except InputError as error:
-        return None, str(error)
-    if not isinstance(last, dict) or last.get("identity") != identity:
-        return None, f"{path} was made from other code, inputs or params"
-    if not isinstance(best, dict) or best.get("epoch") != last["state"]["best_epoch"]:
-        return None, (f"{best_path} is not the best epoch ({last['state']['best_epoch']}) of the run in {path}; "
-                      "it was replaced or written by an interrupted epoch")
-    why = can_continue(last["state"]["scores"], config.epochs, config.patience, config.early_stopping != "loss")
-    return (None, f"{path} cannot be continued: {why}") if why else (last, "")
+def summary_line(epoch: int, epochs: int, train_stats: dict[str, float], val_stats: dict[str, float],
+                 improved: bool) -> str:
+    """The epoch's line on the console (`*`: the best epoch so far)."""
+    return (f"epoch {epoch}/{epochs}: train loss {train_stats['loss']:.3f}, val loss {val_stats['loss']:.3f}, "
+            f"val BLEU-4 {val_stats['bleu4']:.3f}, val CIDEr {val_stats['cider']:.3f}, "
+            f"{train_stats['tokens_per_s']:.0f} tokens/s{' *' if improved else ''}")
 
 
 def main() -> None:
-    dataset, vocab_config = load_section(DatasetConfig), load_section(VocabConfig)
-    embeddings_config, encoder_config = load_section(EmbeddingsConfig), load_section(EncoderConfig)
-    model_config, config = load_section(ModelConfig), load_section(TrainConfig)
-    rank, world_size, device = start_processes(config.device, "train.device")
-    seed_everything(config.seed)
-    try:
-        fit(dataset, vocab_config, embeddings_config, encoder_config, model_config, config, rank, world_size, device)
-    finally:
-        stop_processes(world_size)
+    dataset, vocab, embeddings = load_section(DatasetConfig), load_section(VocabConfig), load_section(EmbeddingsConfig)
+    encoder, model_config, config = load_section(EncoderConfig), load_section(ModelConfig), load_section(TrainConfig)
+    stopping = EarlyStopping(config.patience, higher_is_better=config.early_stopping != "loss")
+    files = RunFiles(Path(config.checkpoint), Path(config.last_checkpoint), "train")
+    with processes(config.device, "train.device") as cluster:
+        seed_everything(config.seed)
+        identity = cluster.follow(stage_identity("train") if cluster.main else None)
+        last, reason = files.resume_point(identity, config.resume, config.epochs, stopping)
+        progress = Progress.from_dict(last["state"]) if last else Progress()
+        if last and (progress.epoch >= config.epochs or stopping.stopped(progress)):
+            cluster.say(f"train: {files.last} already holds this run, finished after epoch {progress.epoch} "
+                        f"(best epoch {progress.best_epoch}); nothing to train")
+            return
+        data = load_training_data(Path(dataset.table), Path(vocab.path), Path(encoder.cache),
+                                  model_config.max_caption_length, cluster.device)
+        if cut := data.cut_captions(model_config.max_caption_length):
+            cluster.say(f"train: {cut} of {len(data.train_set)} training captions reach model.max_caption_length = "
+                        f"{model_config.max_caption_length} words and are cut there")
+        model = build_model(data.vocabulary, load_embeddings(Path(embeddings.matrix), data.vocabulary),
+                            data.store.feature_dim, model_config).to(cluster.device)
+        model.set_feature_statistics(*data.features.statistics(data.train_set.image_rows))
+        optimisers = make_optimisers(model, config.lr, config.weight_decay, config.lr_step_epochs, config.lr_gamma,
+                                     cluster.device, config.amp)
+        if last:
+            for part, name in zip((model, *optimisers), ("model", "optimizer", "scheduler", "scaler")):
+                part.load_state_dict(last[name])
+        cluster.say(f"train: resuming from {files.last} after epoch {progress.epoch}" if last else
+                    f"train: starting afresh ({reason}); {len(data.train_set)} training captions, "
+                    f"{len(data.val_set)} validation captions")
+        first = [torch.arange(min(config.batch_size, len(data.train_set)))]  # compiled on a batch of training's size
+        if note := compile_step(model, cluster.device, config.compile, lambda: run_epoch(
+                model, data.features, data.train_set, first, config, cluster.device, NoUpdate(model)), "train.compile"):
+            cluster.say(f"train: {note}")
+        fit(model, optimisers, data, config, cluster, files, progress, stopping, identity, resumed=last is not None)
 
 
-def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: EmbeddingsConfig,
-        encoder_config: EncoderConfig, model_config: ModelConfig, config: TrainConfig,
-        rank: int, world_size: int, device: torch.device) -> None:
-    """Train, validate, checkpoint and log every epoch; only rank 0 writes files."""
-    clock = {"start": time.perf_counter()}
-    say = print if rank == 0 else (lambda *args, **kwargs: None)
-    last_path, best_path = Path(config.last_checkpoint), Path(config.checkpoint)
-    identity = follow_rank_zero(stage_identity("train") if rank == 0 else None, world_size)
-    last, reason = resume_state(last_path, identity, config, best_path)
-    state = last["state"] if last else {"epoch": 0, "scores": [], "best_score": None, "best_epoch": 0}
-    criterion = config.early_stopping
-    if last and (state["epoch"] >= config.epochs or
-                 len(state["scores"]) - state["best_epoch"] >= config.patience):
-        say(f"train: {last_path} already holds this run, finished after epoch {state['epoch']} "
-            f"(best epoch {state['best_epoch']}); nothing to train")
-        return
-    clock["identity"] = time.perf_counter()
-
-    vocabulary = Vocabulary.from_json(Path(vocab_config.path))
-    store = FeatureStore(encoder_config.cache)
-    table = read_captions(dataset.table)
-    train_table, val_table = table[table["split"] == "train"], table[table["split"] == "val"]
-    if train_table.empty or val_table.empty:
-        raise InputError(f"{dataset.table} needs train and val captions (early stopping uses val); "
-                         "check dataset.split_ratios / split_files")
-    features = FeatureMatrix(store, pd.concat([train_table, val_table])["image"], device)
-    clock["features"] = time.perf_counter()
-    max_words = model_config.max_caption_length
-    train_set = encode_captions(train_table, vocabulary, features.rows, max_words)
-    val_set = encode_captions(val_table, vocabulary, features.rows, max_words)
-    cut = int((train_set.lengths >= max_words + 2).sum())  # START + max_words + END: reached the limit
-    if cut:
-        say(f"train: {cut} of {len(train_set)} training captions reach model.max_caption_length = {max_words} "
-            f"words and are cut there")
-    val_batches = bucket_batches(val_set.lengths, config.batch_size * world_size, torch.Generator().manual_seed(0))
-    val_references = references_by_image(val_table)
-    val_names = sorted(val_references)
-    my_val_names = val_names[rank::world_size]
-
-    model = build_model(vocabulary, load_embeddings(Path(embeddings_config.matrix), vocabulary), store.feature_dim,
-                        model_config).to(device)
-    model.set_feature_statistics(*features.statistics(train_set.image_rows))
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                 weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_epochs, config.lr_gamma)
-    _, needs_scaler = autocast_for(device, config.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
-    if last:
-        model.load_state_dict(last["model"])
-        optimizer.load_state_dict(last["optimizer"])
-        scheduler.load_state_dict(last["scheduler"])
-        scaler.load_state_dict(last["scaler"])
-        say(f"train: resuming from {last_path} after epoch {state['epoch']}")
-    else:
-        say(f"train: starting afresh ({reason})")
-    if compile_decoder(model, device, config.compile):  # same results (tests/test_speed_compiled.py), fewer launches
-        first = [torch.arange(min(config.batch_size, len(train_set)))]  # compiled now, on a batch of training's size
-        failure = try_compiled(model, device, lambda: run_epoch(model, features, train_set, first, config, device,
-                                                                 NoUpdate(model)))
-        say("train: decoder step compiled with torch.compile (train.compile)" if failure is None else
-            f"train: torch.compile failed on this machine ({failure}); training with the plain step "
-            f"(train.compile: never skips the attempt)")
-    network = model
-    if world_size > 1:
-        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    log = EpochLog(config, resumed=last is not None) if rank == 0 else None
-    clock["model"] = time.perf_counter()
-    path = "resident" if features.resident else "streamed"
-    seconds = {name: clock[name] - clock[before]
-               for name, before in (("identity", "start"), ("features", "identity"), ("model", "features"))}
-    say(f"train: start-up {clock['model'] - clock['start']:.1f} s (resume check {seconds['identity']:.1f} s, "
-        f"features {seconds['features']:.1f} s on {device}, {path}; "
-        f"captions, model and feature statistics {seconds['model']:.1f} s); "
-        f"{len(train_set)} training captions, {len(val_set)} validation captions", flush=True)
-
-    for epoch in range(state["epoch"], config.epochs):
-        # dropout: replays on resume, differs across processes
-        torch.manual_seed(config.seed + epoch + 1_000_003 * rank)
-        batches = bucket_batches(train_set.lengths, config.batch_size * world_size,
-                                 torch.Generator().manual_seed(config.seed + epoch))  # the same on every process
-        train_stats = run_epoch(model, features, train_set, batches, config, device, optimizer, scaler, network,
-                                world_size, progress=f"epoch {epoch + 1}" if rank == 0 else None)
-        with torch.no_grad():
-            val_stats = run_epoch(model, features, val_set, val_batches, config, device, world_size=world_size)
-            greedy = describe_all(model, my_val_names, lambda names: features[features.rows_of(names)], vocabulary,
-                                  search_options(vocabulary, 1, max_words), batch_size=256)
-        hypotheses = gather({name: caption.text for name, caption in greedy.items()}, world_size)
-        if rank == 0:
-            val_stats.update(coco_scores(val_references, hypotheses, VALIDATION_METRICS))
-        val_stats = follow_rank_zero(val_stats, world_size)
+def fit(model: torch.nn.Module, optimisers: tuple, data: TrainingData, config: TrainConfig, cluster: Processes,
+        files: RunFiles, progress: Progress, stopping: EarlyStopping, identity: str, resumed: bool) -> None:
+    """The epochs: train, validate, decide, save and log each; rank 0 writes every file."""
+    optimizer, scheduler, scaler = optimisers
+    network = cluster.wrap(model)
+    log = EpochLog(config.log_dir, config.metrics_dir, resumed) if cluster.main else None
+    val_batches = bucket_batches(data.val_set.lengths, config.batch_size * cluster.world_size,
+                                 torch.Generator().manual_seed(0))
+    for epoch in range(progress.epoch, config.epochs):
+        torch.manual_seed(config.seed + epoch + 1_000_003 * cluster.rank)  # dropout: replays on resume
+        train_stats = run_epoch(model, data.features, data.train_set, epoch_batches(data, config, epoch,
+                                cluster.world_size), config, cluster.device, optimizer, scaler, network,
+                                cluster.world_size, progress=f"epoch {epoch + 1}" if cluster.main else None)
+        val_stats, hypotheses = validate(model, data, val_batches, config, cluster)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-
-        score = val_stats[criterion]
-        better = improved(score, state["best_score"], criterion)
-        state["scores"].append(score)
-        state["epoch"] = epoch + 1
-        if better:
-            state.update(best_score=score, best_epoch=epoch + 1)
+        improved = stopping.record(progress, val_stats[config.early_stopping])
         if log is not None:
-            if better:
-                # scores, not speeds: the same run gives a byte-identical best.pt (one DVC hash)
-                scores = {f"val_{k}": v for k, v in val_stats.items() if k != "tokens_per_s"}
-                save_torch(best_path, checkpoint_payload(model, vocabulary.words, store.attrs, epoch=epoch + 1,
-                                                         **scores), "train.checkpoint")
-            save_torch(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                   "state": state, "identity": identity}, "train.last_checkpoint")
-            samples = [f"{n}: {hypotheses[n]}  (ref: {val_references[n][0]})" for n in val_names[:config.num_samples]]
-            log.epoch(epoch + 1, train_stats, val_stats, lr, samples, better)
-        if len(state["scores"]) - state["best_epoch"] >= config.patience:
-            say(f"train: no better validation {criterion} for {config.patience} epochs; stopping")
+            # scores, not speeds: the same run gives a byte-identical best.pt (one DVC hash)
+            best = checkpoint_payload(model, data.vocabulary.words, data.store.attrs, epoch=progress.epoch, **{
+                f"val_{k}": v for k, v in val_stats.items() if k != "tokens_per_s"}) if improved else None
+            files.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                        "state": progress.as_dict(), "identity": identity}, best)
+            references = data.val_references
+            samples = [f"{n}: {hypotheses[n]}  (ref: {references[n][0]})" for n in data.val_names[:config.num_samples]]
+            scores = {"train/loss": train_stats["loss"], "train/cross_entropy": train_stats["cross_entropy"],
+                      "val/loss": val_stats["loss"], "val/cross_entropy": val_stats["cross_entropy"],
+                      "val/bleu4": val_stats["bleu4"], "val/cider": val_stats["cider"], "lr": lr}
+            log.epoch(progress.epoch, scores, samples, summary_line(progress.epoch, config.epochs, train_stats,
+                      val_stats, improved), {"train/tokens_per_s": train_stats["tokens_per_s"]})
+        if stopping.stopped(progress):
+            cluster.say(f"train: no better validation {config.early_stopping} for {config.patience} epochs; stopping")
             break
-
     if log is not None:
-        log.close(state)
-        say(f"train: best epoch {state['best_epoch']} of {state['epoch']} (val {criterion} "
-            f"{state['best_score']:.4f}) -> {best_path}")
+        log.close({"best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
+                   f"best_val_{config.early_stopping}": progress.best_score})
+        cluster.say(f"train: best epoch {progress.best_epoch} of {progress.epoch} (val {config.early_stopping} "
+                    f"{progress.best_score:.4f}) -> {files.best}")
 
 
 if __name__ == "__main__":

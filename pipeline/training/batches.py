@@ -28,11 +28,9 @@ class EncodedCaptions:
 
 def encode_captions(captions: pd.DataFrame, vocabulary: Vocabulary, image_rows: dict[str, int],
                     max_words: int) -> EncodedCaptions:
-    """Encode a captions table (image, caption) with the vocabulary, at most `max_words` words each."""
-    missing = sorted(set(captions["image"]) - set(image_rows))
-    if missing:
-        raise KeyError(f"{len(missing)} captioned images have no cached features (first: {missing[:3]}); "
-                       "the features file is out of date: run `dvc repro features`")
+    """Encode a captions table (image, caption) with the vocabulary, at most `max_words` words each.
+
+    `image_rows` holds every captioned image: the feature matrix it comes from refused any without features."""
     encoded = [vocabulary.encode(tokenize(c), max_words) for c in captions["caption"]]
     lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
     tokens = torch.full((len(encoded), int(lengths.max()) if encoded else 2), vocabulary.pad, dtype=torch.long)

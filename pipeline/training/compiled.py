@@ -1,44 +1,32 @@
 """The decoder's step compiled with torch.compile, for the training and decoding loops on CUDA.
 
-One decoder step (attention, gating, LSTM cell) is ~20 small kernels; on a GPU at training batch
-sizes each takes less time than its launch, so the step loop is bound by launch overhead. Compiled,
-the step's elementwise work fuses into a few kernels; the loop, the output layer and the loss stay
-as they are. Only the step is compiled, so every caption length reuses one graph (a whole-forward
-graph would be unrolled, and recompiled, for each length).
+One decoder step (attention, gating, LSTM cell) is some twenty small kernels; on a GPU each takes
+less time than its launch at training batch sizes. Compiled, the step's elementwise work fuses into
+a few kernels; the loop, the output layer and the loss stay as they are. Only the step is compiled,
+so every caption length reuses one graph (a whole-forward graph would be unrolled, and recompiled,
+for each length). docs/speed.md says where this matters and what it was measured to do.
 
-    from pipeline.training.compiled import compile_decoder
-    model = build_model(...).to(device)
-    compile_decoder(model, device, "auto")   # before DistributedDataParallel and the first batch
+    compiled = compile_step(model, device, config.compile, trial)   # before DistributedDataParallel
 
-`auto` compiles on CUDA only: on a CPU the step's time goes to its matrix products, which
-compiling does not change, and the first compile takes minutes there. `always` compiles on any
-device, `never` never. The train stage reads the setting from `train.compile`. `mode` is passed to
-torch.compile ("reduce-overhead" adds CUDA graphs).
-
-The compiled step replaces `model.step` on that instance only: the weights, `state_dict()` and
-checkpoints are unchanged, `forward` and beam search's `advance` pick it up, and `restore(model)`
-puts the plain step back. The train stage compiles on a first batch before training (`try_compiled`)
-and, when compilation fails on the machine (no C compiler, no Triton for the GPU), says why and
-trains with the plain step. Tested on the CPU with the `aot_eager` backend (same graph capture, no
-code generation): same loss, gradients and greedy captions as the plain step. Not yet run on a GPU.
+`auto` compiles on CUDA only (on a CPU the step's time is its matrix products, which compiling
+does not change, and the first compile is slow); `always` on any device; `never` never (the
+settings: `pipeline.config.COMPILE_SETTINGS`). The compiled step replaces `model.step` on that
+instance only: the weights, `state_dict()` and checkpoints are unchanged, `forward` and `advance`
+pick it up, and `restore(model)` puts the plain step back. `compile_step` compiles on a trial batch
+before training and, when compilation fails on the machine (no C compiler, no Triton for the GPU),
+puts the plain step back and says why, so training goes on with the same weights either way.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 
 from pipeline.model.decoder import CaptionDecoder
 
-Setting = Literal["auto", "always", "never"]  # not on/off: YAML reads those unquoted as booleans
-SETTINGS = ("auto", "always", "never")
-
 
 def compile_wanted(setting: str, device: torch.device) -> bool:
-    """Whether `setting` (auto | always | never) compiles the step on `device`: auto means on CUDA only."""
-    if setting not in SETTINGS:
-        raise ValueError(f"compile setting {setting!r} is not one of {', '.join(SETTINGS)}")
+    """Whether `setting` (one of COMPILE_SETTINGS) compiles the step on `device`: auto means on CUDA only."""
     return setting == "always" or (setting == "auto" and device.type == "cuda")
 
 
@@ -74,6 +62,18 @@ def try_compiled(model: CaptionDecoder, device: torch.device, trial: Callable[[]
         finally:
             model.zero_grad(set_to_none=True)
     return None
+
+
+def compile_step(model: CaptionDecoder, device: torch.device, setting: str, trial: Callable[[], object],
+                 key: str) -> str | None:
+    """Compile the step when `setting` asks for it and prove it on `trial`: a line to print, or None when
+    nothing was compiled. `key` is the params key of the setting, named in the line."""
+    if not compile_decoder(model, device, setting):
+        return None
+    failure = try_compiled(model, device, trial)
+    if failure is None:
+        return f"decoder step compiled with torch.compile ({key})"
+    return f"torch.compile failed on this machine ({failure}); using the plain step ({key}: never skips the attempt)"
 
 
 def is_compiled(model: CaptionDecoder) -> bool:

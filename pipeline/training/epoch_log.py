@@ -8,45 +8,41 @@ from typing import Any
 from dvclive import Live
 from torch.utils.tensorboard import SummaryWriter
 
-from pipeline.config import TrainConfig
-
 SAMPLES_FILE = "samples.txt"  # greedy captions of a few validation images, every epoch
 
 
 class EpochLog:
-    """Per-epoch metrics to dvclive (DVC metrics and plots), TensorBoard and the console."""
+    """One run's per-epoch log: scores to dvclive and TensorBoard, a line and samples to the console."""
 
-    def __init__(self, config: TrainConfig, resumed: bool) -> None:
+    def __init__(self, log_dir: str | Path, metrics_dir: str | Path, resumed: bool) -> None:
         if not resumed:
-            shutil.rmtree(config.log_dir, ignore_errors=True)
-        self.config = config
-        self.live = Live(config.metrics_dir, resume=resumed, save_dvc_exp=False, dvcyaml=None)
-        self.writer = SummaryWriter(config.log_dir)
-        self.samples = Path(config.metrics_dir) / SAMPLES_FILE
+            shutil.rmtree(log_dir, ignore_errors=True)
+        self.live = Live(str(metrics_dir), resume=resumed, save_dvc_exp=False, dvcyaml=None)
+        self.writer = SummaryWriter(str(log_dir))
+        self.samples = Path(metrics_dir) / SAMPLES_FILE
         if not resumed:
             self.samples.unlink(missing_ok=True)
 
-    def epoch(self, epoch: int, train_stats: dict[str, float], val_stats: dict[str, float], lr: float,
-              samples: list[str], improved: bool) -> None:
-        for name, value in [("train/loss", train_stats["loss"]), ("train/cross_entropy", train_stats["cross_entropy"]),
-                            ("val/loss", val_stats["loss"]), ("val/cross_entropy", val_stats["cross_entropy"]),
-                            ("val/bleu4", val_stats["bleu4"]), ("val/cider", val_stats["cider"]), ("lr", lr)]:
+    def epoch(self, epoch: int, scores: dict[str, float], samples: list[str], line: str,
+              timings: dict[str, float] | None = None) -> None:
+        """Log `scores` ({"train/loss": ..., "val/cider": ...}) everywhere, `timings` to TensorBoard only
+        (DVC's metrics stay the same run after run), the samples, and print `line` and the samples."""
+        for name, value in scores.items():
             self.live.log_metric(name, value)
             self.writer.add_scalar(name, value, epoch)
-        self.writer.add_scalar("train/tokens_per_s", train_stats["tokens_per_s"], epoch)
+        for name, value in (timings or {}).items():
+            self.writer.add_scalar(name, value, epoch)
         self.writer.add_text("val/samples", "  \n".join(samples), epoch)
         self.live.next_step()
         with self.samples.open("a", encoding="utf-8") as handle:
             handle.write(f"epoch {epoch}\n" + "".join(f"  {sample}\n" for sample in samples))
-        print(f"epoch {epoch}/{self.config.epochs}: train loss {train_stats['loss']:.3f}, val loss "
-              f"{val_stats['loss']:.3f}, val BLEU-4 {val_stats['bleu4']:.3f}, val CIDEr {val_stats['cider']:.3f}, "
-              f"{train_stats['tokens_per_s']:.0f} tokens/s{' *' if improved else ''}", flush=True)
+        print(line, flush=True)
         for sample in samples:
             print(f"  {sample}", flush=True)
 
-    def close(self, state: dict[str, Any]) -> None:
-        self.live.summary.update({"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-                                  f"best_val_{self.config.early_stopping}": state["best_score"]})
+    def close(self, summary: dict[str, Any]) -> None:
+        """Write the run's summary (best epoch, epochs run, best score) and close the writers."""
+        self.live.summary.update(summary)
         self.live.make_summary()
         self.live.end()
         self.writer.close()

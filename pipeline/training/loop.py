@@ -1,4 +1,4 @@
-"""The training pieces: the model from the vocabulary and embeddings, one epoch, a process's share."""
+"""The training pieces: the model from the vocabulary and embeddings, its optimiser, one epoch, a process's share."""
 from __future__ import annotations
 
 import time
@@ -11,6 +11,7 @@ from tqdm import tqdm
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.encoder.feature_matrix import FeatureMatrix
 from pipeline.errors import InputError
+from pipeline.model.architectures import build_decoder
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig, caption_loss
 from pipeline.text import Vocabulary
 from pipeline.training.batches import EncodedCaptions
@@ -34,15 +35,39 @@ def load_embeddings(path: Path, vocabulary: Vocabulary) -> torch.Tensor:
 
 def build_model(vocabulary: Vocabulary, embeddings: torch.Tensor, feature_dim: int,
                 config: ModelConfig) -> CaptionDecoder:
-    """The decoder with its embedding initialised from the matrix, frozen unless fine-tuned."""
-    model = CaptionDecoder(DecoderConfig(
-        vocab_size=len(vocabulary), embed_dim=embeddings.size(1), encoder_dim=feature_dim,
-        attention_dim=config.attention_dim, decoder_dim=config.decoder_dim, dropout=config.dropout,
-        pad_index=vocabulary.pad, max_caption_length=config.max_caption_length, architecture=config.architecture))
+    """The decoder of params.yaml's `model` section, its embedding initialised from the matrix, frozen
+    unless fine-tuned."""
+    model = build_decoder(DecoderConfig.from_params(config, len(vocabulary), embeddings.size(1), feature_dim,
+                                                    vocabulary.pad))
     with torch.no_grad():
         model.embedding.weight.copy_(embeddings)
     model.embedding.weight.requires_grad_(config.fine_tune_embeddings)
     return model
+
+
+Optimisers = tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.amp.GradScaler]
+
+
+def make_optimisers(model: CaptionDecoder, lr: float, weight_decay: float, step_epochs: int, gamma: float,
+                    device: torch.device, amp: str) -> Optimisers:
+    """Adam over the trainable weights, StepLR, and the gradient scaler fp16 needs (disabled otherwise)."""
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_epochs, gamma)
+    _, needs_scaler = autocast_for(device, amp)
+    return optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=needs_scaler)
+
+
+class NoUpdate:
+    """An optimizer that changes nothing: a trial batch runs forward and backward, the weights stay."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.model.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        pass
 
 
 def shard(batches: list[torch.Tensor], rank: int, world_size: int) -> list[torch.Tensor]:
@@ -54,6 +79,18 @@ def shard(batches: list[torch.Tensor], rank: int, world_size: int) -> list[torch
     if world_size == 1:
         return batches
     return [batch[rank::world_size] for batch in batches if batch.numel() >= world_size]
+
+
+def update(model: torch.nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+           scaler: torch.amp.GradScaler, grad_clip: float) -> None:
+    """One optimiser step on `loss`: backward (scaled for fp16; a disabled scaler passes through), the
+    gradient norm clipped to `grad_clip`, then the step."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def run_epoch(model: CaptionDecoder, features: FeatureMatrix, captions: EncodedCaptions, batches: list[torch.Tensor],
@@ -69,6 +106,7 @@ def run_epoch(model: CaptionDecoder, features: FeatureMatrix, captions: EncodedC
     processes, and this process's tokens/s. With `progress`, a progress bar of that name.
     """
     training = optimizer is not None
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     model.train(training)
     network = network or model
     autocast, _ = autocast_for(device, config.amp)
@@ -91,19 +129,8 @@ def run_epoch(model: CaptionDecoder, features: FeatureMatrix, captions: EncodedC
                 loss, cross_entropy = caption_loss(logits, tokens[:, 1:], alphas, model.config.pad_index,
                                                    config.attention_penalty)
             if training:
-                optimizer.zero_grad(set_to_none=True)
                 share = real * world_size / batch_tokens  # DDP averages over processes: weight by token share
-                if scaler is not None:
-                    scaler.scale(loss * share).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    (loss * share).backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                update(model, loss * share, optimizer, scaler, config.grad_clip)
             totals += torch.stack([loss.detach(), cross_entropy.detach()]).double() * real  # stays on the device
             tokens_seen += real
             bar.update(batch_tokens)

@@ -1,0 +1,57 @@
+"""What the training stages read: the vocabulary, the features of the train and val images, and their
+captions encoded, with the validation references. Shared by `train` and `scst`.
+
+    data = load_training_data(Path(dataset.table), Path(vocab.path), Path(encoder.cache), max_words, device)
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pipeline.datasets.table import read_captions, references_by_image
+from pipeline.encoder.feature_cache import FeatureStore
+from pipeline.encoder.feature_matrix import FeatureMatrix
+from pipeline.errors import InputError
+from pipeline.text import Vocabulary
+from pipeline.training.batches import EncodedCaptions, encode_captions
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """The training and validation split, ready for the epoch loop."""
+
+    vocabulary: Vocabulary
+    store: FeatureStore  # the cache file, for its attrs and feature size
+    features: FeatureMatrix  # the train and val images' features, resident or streamed
+    train_set: EncodedCaptions
+    val_set: EncodedCaptions
+    train_references: dict[str, list[str]]  # {image: its normalised training captions}
+    val_references: dict[str, list[str]]
+
+    @property
+    def val_names(self) -> list[str]:
+        """The validation images, sorted."""
+        return sorted(self.val_references)
+
+    def cut_captions(self, max_words: int) -> int:
+        """How many training captions reach `max_words` words (START + words + END) and were cut there."""
+        return int((self.train_set.lengths >= max_words + 2).sum())
+
+
+def load_training_data(table: Path, vocabulary_path: Path, cache: Path, max_words: int,
+                       device: torch.device) -> TrainingData:
+    """Read the vocabulary, the train and val captions and their images' features (one line errors)."""
+    vocabulary = Vocabulary.from_json(vocabulary_path)
+    store = FeatureStore(cache)
+    captions = read_captions(table)
+    train, val = captions[captions["split"] == "train"], captions[captions["split"] == "val"]
+    if train.empty or val.empty:
+        raise InputError(f"{table} needs train and val captions (early stopping uses val); "
+                         "check dataset.split_ratios / split_files")
+    features = FeatureMatrix(store, pd.concat([train, val])["image"], device)
+    return TrainingData(vocabulary, store, features, encode_captions(train, vocabulary, features.rows, max_words),
+                        encode_captions(val, vocabulary, features.rows, max_words), references_by_image(train),
+                        references_by_image(val))
