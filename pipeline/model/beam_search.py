@@ -83,6 +83,18 @@ def repeated_ngram_mask(sequences: torch.Tensor, n: int, vocab_size: int) -> tor
     return mask
 
 
+def best_candidates(candidates: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2K best scores and columns of candidates (n, k*V), at least K of them: missing ones (a
+    vocabulary smaller than K, the first word) are padded with -inf, so they never take a beam."""
+    n, columns = candidates.shape
+    top_scores, top_index = candidates.topk(min(2 * K, columns), dim=1)  # (n, c)
+    if top_scores.size(1) < K:
+        missing = K - top_scores.size(1)
+        top_scores = torch.cat([top_scores, top_scores.new_full((n, missing), float("-inf"))], dim=1)
+        top_index = torch.cat([top_index, top_index.new_zeros(n, missing)], dim=1)
+    return top_scores, top_index
+
+
 @torch.no_grad()
 def beam_search(decoder: Decoder, features: torch.Tensor, start: int, end: int,
                 options: SearchOptions = SearchOptions()) -> list[Hypothesis]:
@@ -112,11 +124,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, start: int, end: int,
             log_probs = log_probs.masked_fill(
                 repeated_ngram_mask(sequences.view(n * k, t), options.no_repeat_ngram, V), float("-inf"))
         candidates = log_probs.view(n, k, V).add_(scores.unsqueeze(2)).view(n, k * V)  # in place: no new (n, k*V)
-        top_scores, top_index = candidates.topk(min(2 * K, k * V), dim=1)  # (n, c)
-        if top_scores.size(1) < K:  # fewer candidates than beams (a vocabulary smaller than K, first word)
-            missing = K - top_scores.size(1)
-            top_scores = torch.cat([top_scores, top_scores.new_full((n, missing), float("-inf"))], dim=1)
-            top_index = torch.cat([top_index, top_index.new_zeros(n, missing)], dim=1)
+        top_scores, top_index = best_candidates(candidates, K)  # (n, c)
         source, word = top_index // V, top_index % V  # (n, c) the beam each came from, its word
         is_end = word == end
         in_beam = torch.arange(top_scores.size(1), device=device) < K  # (c,) candidates that take a beam
