@@ -62,7 +62,7 @@ def max_token_id(n: int) -> int:
 
 def flatten(captions: Captions, n: int) -> tuple[np.ndarray, np.ndarray]:
     """All captions' ids end to end (T,) int64, and each caption's length (C,) int64; ids checked."""
-    lengths = np.fromiter((len(caption) for caption in captions), dtype=np.int64, count=len(captions))
+    lengths = np.fromiter(map(len, captions), dtype=np.int64, count=len(captions))
     tokens = np.fromiter(itertools.chain.from_iterable(captions), dtype=np.int64, count=int(lengths.sum()))
     if tokens.size and tokens.min() < 0:
         raise ValueError(f"token ids must be >= 0, got {tokens.min()}")
@@ -126,9 +126,7 @@ def term_frequencies(owners: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, 
 
 
 def lookup(table: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each query lies in a sorted array (clipped to a valid index), and whether it is there."""
-    if table.size == 0:
-        return np.zeros_like(queries), np.zeros(queries.shape, dtype=bool)
+    """Where each query lies in a sorted, non-empty array (clipped to a valid index), and whether it is there."""
     index = np.minimum(np.searchsorted(table, queries), table.size - 1)
     return index, table[index] == queries
 
@@ -188,27 +186,17 @@ class CiderD:
         if images.size and (images.min() < 0 or images.max() >= self.num_images):
             raise ValueError(f"image indices must lie in [0, {self.num_images}), got {images.min()}..{images.max()}")
         tokens, lengths = flatten(candidates, self.n)
+        if self.types.size == 0:  # no reference has a word: every reference norm is 0, so is every score
+            return np.zeros(images.size)
         types, candidate, type_index, tf = term_frequencies(*ngrams(tokens, lengths, self.n))  # (E,) each
-        slot = candidate * self.n + orders(types, self.n)[type_index] - 1  # (E,) the (candidate, order) it adds to
         type_of, known = lookup(self.types, types)  # (D',) each: some reference holds it
-        type_of, known = type_of[type_index], known[type_index]  # (E,)
-        idf = np.full(tf.size, self.log_images)  # (E,) an n-gram no reference holds: df 0, log(max(1, 0)) = 0
-        idf[known] = self.idf[type_of[known]]
-        hypothesis = tf * idf  # (E,) the candidate's tf-idf
-        norms = np.sqrt(np.bincount(slot, hypothesis ** 2, minlength=images.size * self.n).astype(np.float64))
-        norms = norms.reshape(-1, 1, self.n)  # (C, 1, n)
-
-        # the candidate's n-grams that its own image's references hold: their rows of the table
-        query = images[candidate] * self.types.size + type_of  # (E,)
-        row, held = lookup(self.rows, query)  # (E,)
-        held &= known
-        row, h, slot = row[held], hypothesis[held, None], slot[held]  # (H,), (H, 1), (H,)
-        r = self.table[row] * self.row_idf[row, None]  # (H, K) the references' tf-idf
-        clipped = np.minimum(h, r) * r  # (H, K)
-        products = np.zeros((images.size * self.n, clipped.shape[1]))  # (C * n, K)
-        for k in range(clipped.shape[1]):
-            products[:, k] = np.bincount(slot, clipped[:, k], minlength=images.size * self.n)
-        products = products.reshape(images.size, self.n, self.table.shape[1]).transpose(0, 2, 1)  # (C, K, n)
+        # idf; an n-gram no reference holds has df 0 and log(max(1, 0)) = 0
+        hypothesis = tf * np.where(known, self.idf[type_of], self.log_images)[type_index]  # (E,) tf-idf
+        slot = candidate * self.n + orders(types, self.n)[type_index] - 1  # (E,) the (candidate, order) it adds to
+        norms = np.bincount(slot, hypothesis ** 2, minlength=images.size * self.n).astype(np.float64)
+        norms = np.sqrt(norms).reshape(-1, 1, self.n)  # (C, 1, n)
+        mine = known[type_index]
+        products = self.products(images, candidate[mine], type_of[type_index[mine]], hypothesis[mine], slot[mine])
 
         reference_norms = self.reference_norms[images]  # (C, K, n)
         # pycocoevalcap divides only when both norms are non-zero (the product is 0 otherwise)
@@ -218,6 +206,20 @@ class CiderD:
         penalty = np.exp(-(delta.astype(np.float64) ** 2) / (2 * self.sigma ** 2))  # (C, K)
         summed = (cosines * penalty[:, :, None]).sum(axis=1)  # (C, n) padding columns add 0
         return summed.mean(axis=1) / self.reference_counts[images] * 10.0
+
+    def products(self, images: np.ndarray, candidate: np.ndarray, type_of: np.ndarray, hypothesis: np.ndarray,
+                 slot: np.ndarray) -> np.ndarray:
+        """sum_g min(h_g, r_g) r_g per (candidate, reference, order): (C, K, n), from the candidates'
+        n-grams that some reference holds (their candidate, type, tf-idf and slot, each (E',))."""
+        row, held = lookup(self.rows, images[candidate] * self.types.size + type_of)  # (E',) its image's row
+        row, h, slot = row[held], hypothesis[held, None], slot[held]  # (H,), (H, 1), (H,)
+        r = self.table[row] * self.row_idf[row, None]  # (H, K) the references' tf-idf
+        clipped = np.minimum(h, r) * r  # (H, K)
+        width = self.table.shape[1]
+        products = np.zeros((images.size * self.n, width))  # (C * n, K)
+        for k in range(width):
+            products[:, k] = np.bincount(slot, clipped[:, k], minlength=images.size * self.n)
+        return products.reshape(images.size, self.n, width).transpose(0, 2, 1)  # (C, K, n)
 
 
 def corpus_cider(candidates: Captions, references: Sequence[Captions], n: int = 4,
