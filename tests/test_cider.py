@@ -78,6 +78,7 @@ def test_training_df_mode_equals_pycocoevalcap_on_the_df_references(seed: int) -
     samples, references = random_set(seed, samples=4)
     theirs = np.stack([pycoco(sample, references) for sample in samples])  # (samples, images)
     pairs = [(s, int(i)) for s in range(len(samples)) for i in rng.choice(len(references), size=20)]
+    pairs = [pairs[k] for k in rng.permutation(len(pairs))]
     scorer = CiderD(references)
     ours = scorer.score([samples[s][i] for s, i in pairs], [i for _, i in pairs])
     np.testing.assert_allclose(ours, [theirs[s, i] for s, i in pairs], rtol=0, atol=TOLERANCE)
@@ -188,3 +189,16 @@ def test_bad_input_is_refused() -> None:
         CiderD([[[1]], []])
     with pytest.raises(ValueError, match="one per image"):
         corpus_cider([[1]], [[[1]], [[2]]])
+
+
+def test_benchmark_runs_and_agrees_at_a_small_size() -> None:
+    """benchmarks/cider_bench.py at 40 candidates: both caption sets, END ending every caption, and
+    pycocoevalcap's scores equal to both of ours (the benchmark asserts it; the sizes are checked here)."""
+    from benchmarks.cider_bench import bench_all, demo_like, flickr30k_like
+
+    for _, candidates, references in (flickr30k_like(40), demo_like(40)):
+        assert len(candidates) == 40 and all(len(refs) == 5 for refs in references)
+        assert all(caption[-1] == Vocabulary.end for caption in [*candidates, *(c for r in references for c in r)])
+    results = bench_all(40, 1)
+    assert [result["set"] for result in results] == ["flickr30k-like", "demo"]
+    assert all(result["max difference"] <= TOLERANCE and result["mean CIDEr-D"] > 0.5 for result in results)
