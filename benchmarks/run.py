@@ -14,7 +14,10 @@ the range):
   target's baseline), and against the tutorial's one-image search (caption.py's way, no target: a
   different search), with what batching can gain on this machine (benchmarks/beam_bench.py);
 - streaming: our loop with the features streamed from a cache larger than the memory cap the
-  benchmark sets, against resident features.
+  benchmark sets, against resident features;
+- CIDEr-D: self-critical training's rewards (`pipeline.evaluation.cider`, document frequencies
+  computed once) and its corpus mode against pycocoevalcap's Cider on the same 5,000 candidates x 5
+  references, flickr30k-like and demo captions, scores asserted equal to 1e-6 (benchmarks/cider_bench.py).
 Targets from the speed issue; benchmarks/README.md records results and docs/speed.md reads them.
 
 OpenMP threads that wait for each other sleep here (OMP_WAIT_POLICY=PASSIVE, unless the environment
@@ -34,17 +37,20 @@ import time
 import torch
 
 from benchmarks.beam_bench import bench_beam, measure_ceiling
+from benchmarks.cider_bench import bench_all as bench_cider
 from benchmarks.common import machine_line, spread
 from benchmarks.features_bench import bench_features
 from benchmarks.prepare_bench import bench_prepare
 from benchmarks.training_bench import bench_training
 from benchmarks.tutorial import check_same_maths
 
-TARGETS = {"features": 0.9, "training": 3.0, "beam": 10.0, "streaming": 0.8}
+TARGETS = {"features": 0.9, "training": 3.0, "beam": 10.0, "streaming": 0.8, "cider": 50.0}
 FULL = {"feature_images": 96, "feature_repeats": 2, "train_images": 400, "train_captions": 128,
-        "train_repeats": 2, "beam_images": 40, "beam_repeats": 2, "ceiling_rounds": 5, "prepare_images": 31_783}
+        "train_repeats": 2, "beam_images": 40, "beam_repeats": 2, "ceiling_rounds": 5, "prepare_images": 31_783,
+        "cider_candidates": 5_000, "cider_repeats": 3}
 QUICK = {"feature_images": 64, "feature_repeats": 1, "train_images": 100, "train_captions": 32,
-         "train_repeats": 1, "beam_images": 8, "beam_repeats": 1, "ceiling_rounds": 1, "prepare_images": 2_000}
+         "train_repeats": 1, "beam_images": 8, "beam_repeats": 1, "ceiling_rounds": 1, "prepare_images": 2_000,
+         "cider_candidates": 1_000, "cider_repeats": 1}
 
 
 def row(what: str, ours: str, baseline: str, ratio: tuple[float, float, float], target: float | None) -> str:
@@ -53,6 +59,23 @@ def row(what: str, ours: str, baseline: str, ratio: tuple[float, float, float], 
         return f"| {what} | {ours} | {baseline} | {spread(*ratio)} | - | - |"
     met = "yes" if ratio[0] >= target else "no"
     return f"| {what} | {ours} | {baseline} | {spread(*ratio)} | >= {target:g}x | {met} |"
+
+
+def cider_rows(candidates: int, repeats: int) -> tuple[list[str], list[str]]:
+    """The CIDEr-D rows (rewards and corpus mode against pycocoevalcap, both caption sets) and notes."""
+    lines, notes = [], []
+    for result in bench_cider(candidates, repeats):
+        shape = f"{result['set']}, {result['candidates']:,} candidates x {result['references']} references"
+        lines.append(row(f"CIDEr-D rewards (df once) vs pycocoevalcap, {shape}, candidates/s",
+                         f"{result['rewards/s']:.0f}", f"{result['pycocoevalcap/s']:.0f}", result["rewards ratio"],
+                         TARGETS["cider"]))
+        lines.append(row(f"CIDEr-D corpus mode (df from these references) vs pycocoevalcap, {shape}, candidates/s",
+                         f"{result['corpus/s']:.0f}", f"{result['pycocoevalcap/s']:.0f}", result["corpus ratio"], None))
+        notes.append(f"CIDEr-D {result['set']}: V={result['vocabulary']:,}, {result['mean words']:.1f} words per "
+                     f"reference, END appended; mean CIDEr-D {result['mean CIDEr-D']:.3f}, ours and pycocoevalcap "
+                     f"agree to {result['max difference']:.1e}; pycocoevalcap {result['pycocoevalcap s']:.2f} s, "
+                     f"rewards {result['rewards s'] * 1e3:.1f} ms, corpus mode {result['corpus s'] * 1e3:.0f} ms")
+    return lines, notes
 
 
 def main() -> None:
@@ -122,6 +145,11 @@ def main() -> None:
                  f"1-row rate, {ceiling['ceiling, decoder steps']:.1f}x for whole decoder steps "
                  f"({ceiling['ms step 5 rows']:.2f} ms against {ceiling['ms step 200 rows']:.1f} ms): the ceiling "
                  "on the batched / one-at-a-time ratio")
+
+    cider_lines, cider_notes = cider_rows(size["cider_candidates"], size["cider_repeats"])
+    lines += cider_lines
+    notes += cider_notes
+    print(f"CIDEr-D done ({time.perf_counter() - started:.0f} s)", flush=True)
 
     if args.prepare:
         for what, seconds in bench_prepare(size["prepare_images"], 1):
