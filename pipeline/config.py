@@ -189,6 +189,34 @@ class TrainConfig(Section):
     metrics_dir: Path_  # dvclive metrics.json and plots
 
 
+class ScstConfig(Section):
+    """Self-critical sequence training on CIDEr-D after cross-entropy (Rennie et al. 2017); 0 epochs is off."""
+
+    epochs: int = Field(ge=0, le=10000)  # 0: no fine-tuning, the cross-entropy model is the final one
+    samples: int = Field(ge=1, le=100)  # captions sampled per image
+    baseline: Literal["greedy", "mean"]  # the image's greedy caption's reward | its other samples' mean reward
+    lr: Real = Field(gt=0.0, le=10.0)
+    batch_size: int = Field(ge=1, le=65536)  # images per step (each sampled `samples` times)
+    grad_clip: Real = Field(gt=0.0)
+    patience: int = Field(ge=1)  # epochs without a better validation CIDEr before stopping
+    amp: Literal["auto", "fp32", "bf16", "fp16"]
+    compile: CompileSetting
+    device: Device
+    seed: int = Field(ge=0)
+    resume: bool
+    checkpoint: Path_  # the final model: the best epoch by validation CIDEr (epoch 0 is the cross-entropy model)
+    last_checkpoint: Path_  # every epoch, to resume
+    log_dir: Path_  # TensorBoard
+    metrics_dir: Path_  # dvclive metrics.json and plots
+
+    @model_validator(mode="after")
+    def _baseline(self) -> ScstConfig:
+        if self.baseline == "mean" and self.samples < 2:
+            raise ValueError(f"scst.samples must be at least 2 with scst.baseline mean (the baseline of a sample "
+                             f"is the mean reward of the image's other samples), got {self.samples}")
+        return self
+
+
 class EvaluateConfig(Section):
     split: Literal["val", "test"]
     beam_size: int = Field(ge=1, le=100)
@@ -205,7 +233,8 @@ class EvaluateConfig(Section):
 
 SECTIONS: dict[type[Section], str] = {
     ShapesConfig: "shapes", DatasetConfig: "dataset", EncoderConfig: "encoder", VocabConfig: "vocab",
-    EmbeddingsConfig: "embeddings", ModelConfig: "model", TrainConfig: "train", EvaluateConfig: "evaluate",
+    EmbeddingsConfig: "embeddings", ModelConfig: "model", TrainConfig: "train", ScstConfig: "scst",
+    EvaluateConfig: "evaluate",
 }
 
 

@@ -2,8 +2,8 @@
 last.pt, the features stage's partial file) is reused only by the run it belongs to.
 
 `stage_identity` reads the stage's entry in dvc.yaml, resolves `${...}` from the params file, and
-hashes each declared dep's bytes and each declared param's value (train.epochs and train.patience
-left out: a finished run may be extended in those, see pipeline/training/resume.py).
+hashes each declared dep's bytes and each declared param's value (the `epochs` and `patience` of train
+and scst left out: a finished run may be extended in those, see pipeline/training/resume.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import yaml
 from pipeline.config import params_path, read_params
 from pipeline.files import list_files
 
-CONTINUABLE = {"train.epochs", "train.patience"}  # a finished run may be extended in these
+CONTINUABLE = {"train.epochs", "train.patience", "scst.epochs", "scst.patience"}  # a finished run may go on
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the project holding pipeline/ and dvc.yaml
 _REFERENCE = re.compile(r"\$\{([^}]+)\}")
 

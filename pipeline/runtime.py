@@ -161,6 +161,16 @@ class Processes:
         """The union of every process's dict (`gather`)."""
         return gather(items, self.world_size)
 
+    def sum(self, value: float) -> float:
+        """`value` summed over every process."""
+        if self.world_size == 1:
+            return value
+        import torch
+
+        total = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(total)
+        return float(total.item())
+
     def wrap(self, model: "torch.nn.Module") -> "torch.nn.Module":
         """The module training calls: DistributedDataParallel over the processes, or `model` itself."""
         if self.world_size == 1:

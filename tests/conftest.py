@@ -25,6 +25,8 @@ TINY_PARAMS = {
     # sat: the architecture that learns these 18 training images in 12 epochs (spatial: tests/test_pipeline.py)
     "model": {"architecture": "sat", "attention_dim": 16, "decoder_dim": 32, "dropout": 0.0, "max_caption_length": 12},
     "train": {"epochs": 12, "batch_size": 8, "lr": 0.01, "early_stopping": "loss", "num_samples": 1},
+    # the final model is train's unless a test fine-tunes it (tests/test_scst.py)
+    "scst": {"epochs": 0, "batch_size": 8},
     "evaluate": {"beam_size": 2, "num_figures": 2},
 }
 
@@ -104,10 +106,10 @@ def in_tiny_project(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 @pytest.fixture(scope="session")
 def trained_project(tiny_project: Path) -> Path:
-    """The tiny project after `train`: data/train/best.pt exists."""
-    from pipeline.stages import train
+    """The tiny project after `train` and `scst` (off: data/scst/best.pt is a copy of data/train/best.pt)."""
+    from pipeline.stages import scst, train
 
-    run_stages(tiny_project, train)
+    run_stages(tiny_project, train, scst)
     return tiny_project
 
 

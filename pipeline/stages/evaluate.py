@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -26,20 +27,23 @@ from pipeline.config import (
     DatasetConfig,
     EncoderConfig,
     EvaluateConfig,
+    ScstConfig,
     TrainConfig,
     load_section,
 )
 from pipeline.datasets.table import read_captions, references_by_image
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
+from pipeline.encoder.resnet import file_sha256
 from pipeline.errors import InputError
 from pipeline.evaluation.attention import attention_correctness, load_objects
 from pipeline.evaluation.diversity import caption_diversity
 from pipeline.evaluation.figures import draw_attention
 from pipeline.evaluation.scoring import coco_scores, require_java
 from pipeline.files import atomic_paths, json_text, write_json
-from pipeline.model.captioner import describe_all, search_options
+from pipeline.model.captioner import Caption, describe_all, search_options
 from pipeline.model.checkpoint import check_features, load_checkpoint
+from pipeline.model.decoder import CaptionDecoder
 from pipeline.runtime import resolve_device
 from pipeline.text import Vocabulary
 
@@ -56,26 +60,15 @@ def image_size(path: Path) -> tuple[int, int]:
                          "rerun `dvc repro prepare` or set evaluate.objects to null") from error
 
 
-def main() -> None:
-    dataset, encoder_config = load_section(DatasetConfig), load_section(EncoderConfig)
-    train_config, config = load_section(TrainConfig), load_section(EvaluateConfig)
-    require_java()  # fail before the slow part, not after it
-    device = resolve_device(config.device, "evaluate.device")
-    model, payload = load_checkpoint(train_config.checkpoint, device)
-    vocabulary = Vocabulary(tuple(payload["vocabulary"]))
-    table = read_captions(dataset.table, config.split)
-    if table.empty:
-        raise InputError(f"no {config.split} captions in {dataset.table}; check evaluate.split and "
-                         "dataset.split_ratios / split_files")
-    references = references_by_image(table)
+Decoded = dict[str, Caption]
+Boxes = tuple[dict, dict[str, tuple[int, int]], tuple]  # (objects, image sizes, words): attention correctness
+
+
+def score(model: CaptionDecoder, vocabulary: Vocabulary, features: FeatureMatrix, references: dict[str, list[str]],
+          config: EvaluateConfig, training_captions: pd.Series, boxes: Boxes | None) -> tuple[dict, Decoded, Decoded]:
+    """A model's beam and greedy captions of the split's images, their scores, diversity and, with the
+    object boxes, attention correctness."""
     names = sorted(references)
-    images_dir = Path(dataset.images)
-    if config.objects:  # read before the slow part, not after it
-        objects, words = load_objects(Path(config.objects), names)
-        sizes = {n: image_size(images_dir / n) for n in names}
-    store = FeatureStore(encoder_config.cache)
-    check_features(model, payload["encoder"], store.path, store.attrs, store.feature_dim)
-    features = FeatureMatrix(store, names, device)
 
     def features_of(chunk: list[str]) -> torch.Tensor:
         return features[features.rows_of(chunk)]
@@ -90,23 +83,66 @@ def main() -> None:
     metrics = coco_scores(references, hypotheses)
     greedy_scores = coco_scores(references, {n: greedy[n].text for n in names}, ("bleu4", "cider"))
     metrics.update({f"greedy_{k}": v for k, v in greedy_scores.items()})
-    metrics.update(caption_diversity(hypotheses, read_captions(dataset.table, "train")["caption"]))
-    metrics.update(images=len(names), beam_size=config.beam_size, checkpoint_epoch=int(payload.get("epoch", 0)))
-    if config.objects:
-        metrics.update(attention_correctness(beam, objects, sizes, words))
+    metrics.update(caption_diversity(hypotheses, training_captions))
+    if boxes is not None:
+        metrics.update(attention_correctness(beam, *boxes))
+    return metrics, beam, greedy
 
-    predictions = [{"image": n, "caption": hypotheses[n], "greedy": greedy[n].text,
-                    "references": references[n]} for n in names]
-    # predictions, figures and scores replace the old ones together
+
+def object_boxes(config: EvaluateConfig, names: list[str], images: Path) -> Boxes | None:
+    """The demo's object boxes and image sizes for attention correctness (evaluate.objects), or None."""
+    if not config.objects:
+        return None
+    objects, words = load_objects(Path(config.objects), names)
+    return objects, {n: image_size(images / n) for n in names}, words
+
+
+def write_outputs(config: EvaluateConfig, images: Path, references: dict[str, list[str]], beam: Decoded,
+                  greedy: Decoded, metrics: dict) -> None:
+    """Predictions, attention figures and scores, replacing the old ones together."""
+    names = sorted(references)
+    predictions = [{"image": n, "caption": beam[n].text, "greedy": greedy[n].text, "references": references[n]}
+                   for n in names]
     with atomic_paths((config.out_dir, "evaluate.out_dir"), (config.metrics, "evaluate.metrics")) as (tmp, scores):
         (tmp / "attention").mkdir(parents=True)
         write_json(tmp / "predictions.json", predictions)
         for n in names[:config.num_figures]:
-            draw_attention(images_dir / n, beam[n].words, beam[n].attention, tmp / "attention" / f"{Path(n).stem}.png",
-                           title=hypotheses[n])
+            draw_attention(images / n, beam[n].words, beam[n].attention, tmp / "attention" / f"{Path(n).stem}.png",
+                           title=beam[n].text)
         scores.write_text(json_text(metrics), encoding="utf-8")
+
+
+def main() -> None:
+    dataset, encoder_config = load_section(DatasetConfig), load_section(EncoderConfig)
+    train, scst, config = load_section(TrainConfig), load_section(ScstConfig), load_section(EvaluateConfig)
+    require_java()  # fail before the slow part, not after it
+    device = resolve_device(config.device, "evaluate.device")
+    model, payload = load_checkpoint(scst.checkpoint, device)
+    table = read_captions(dataset.table, config.split)
+    if table.empty:
+        raise InputError(f"no {config.split} captions in {dataset.table}; check evaluate.split and "
+                         "dataset.split_ratios / split_files")
+    references = references_by_image(table)
+    names = sorted(references)
+    boxes = object_boxes(config, names, Path(dataset.images))  # read before the slow part, not after it
+    store = FeatureStore(encoder_config.cache)
+    check_features(model, payload["encoder"], store.path, store.attrs, store.feature_dim)
+    features = FeatureMatrix(store, names, device)
+    training_captions = read_captions(dataset.table, "train")["caption"]
+    metrics, beam, greedy = score(model, Vocabulary(tuple(payload["vocabulary"])), features, references, config,
+                                  training_captions, boxes)
+    metrics.update(images=len(names), beam_size=config.beam_size, checkpoint_epoch=int(payload.get("epoch", 0)))
+    if file_sha256(Path(scst.checkpoint)) != file_sha256(Path(train.checkpoint)):  # self-critical training ran
+        before, before_payload = load_checkpoint(train.checkpoint, device)
+        check_features(before, before_payload["encoder"], store.path, store.attrs, store.feature_dim)
+        metrics["cross_entropy"] = score(before, Vocabulary(tuple(before_payload["vocabulary"])), features,
+                                         references, config, training_captions, boxes)[0]
+        metrics["cross_entropy"]["checkpoint_epoch"] = int(before_payload.get("epoch", 0))
+    write_outputs(config, Path(dataset.images), references, beam, greedy, metrics)
     shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("bleu1", "bleu4", "meteor", "rouge_l", "cider")
-                      + (("attention_correctness",) if config.objects else ()))
+                      + (("attention_correctness",) if boxes else ()))
+    if "cross_entropy" in metrics:
+        shown += f" (the cross-entropy model's CIDEr: {metrics['cross_entropy']['cider']:.3f})"
     print(f"evaluate: {len(names)} {config.split} images, beam {config.beam_size}: {shown} -> {config.metrics}")
 
 

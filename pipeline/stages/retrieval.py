@@ -27,7 +27,7 @@ from pipeline.config import (
     EncoderConfig,
     EvaluateConfig,
     RetrievalConfig,
-    TrainConfig,
+    ScstConfig,
     load_section,
 )
 from pipeline.datasets.table import read_captions, references_by_image
@@ -65,10 +65,10 @@ def generated_captions(model: CaptionDecoder, vocabulary: Vocabulary, store: Fea
 
 def main() -> None:
     dataset, encoder_config = load_section(DatasetConfig), load_section(EncoderConfig)
-    train_config, evaluate_config = load_section(TrainConfig), load_section(EvaluateConfig)
+    scst, evaluate_config = load_section(ScstConfig), load_section(EvaluateConfig)
     config = load_section(RetrievalConfig)
     device = resolve_device(config.device, "retrieval.device")
-    model, payload = load_checkpoint(train_config.checkpoint, device)
+    model, payload = load_checkpoint(scst.checkpoint, device)
     vocabulary = Vocabulary(tuple(payload["vocabulary"]))
     references = references_by_image(read_captions(dataset.table, evaluate_config.split))
     if not references:

@@ -37,12 +37,13 @@ from pipeline.config import (
 from pipeline.identity import stage_identity
 from pipeline.model.checkpoint import checkpoint_payload
 from pipeline.runtime import Processes, processes, relaunch_under_torchrun, seed_everything
+from pipeline.text import Vocabulary
 from pipeline.training.batches import bucket_batches
 from pipeline.training.compiled import compile_step
 from pipeline.training.data import TrainingData, load_training_data
 from pipeline.training.epoch_log import EpochLog
-from pipeline.training.loop import NoUpdate, build_model, load_embeddings, make_optimisers, run_epoch
-from pipeline.training.resume import EarlyStopping, Progress, RunFiles
+from pipeline.training.loop import NoUpdate, Optimisers, build_model, load_embeddings, make_optimisers, run_epoch
+from pipeline.training.resume import EarlyStopping, Run, RunFiles
 from pipeline.training.validation import validate
 
 
@@ -68,13 +69,12 @@ def main() -> None:
     with processes(config.device, "train.device") as cluster:
         seed_everything(config.seed)
         identity = cluster.follow(stage_identity("train") if cluster.main else None)
-        last, reason = files.resume_point(identity, config.resume, config.epochs, stopping)
-        progress = Progress.from_dict(last["state"]) if last else Progress()
-        if last and (progress.epoch >= config.epochs or stopping.stopped(progress)):
-            cluster.say(f"train: {files.last} already holds this run, finished after epoch {progress.epoch} "
-                        f"(best epoch {progress.best_epoch}); nothing to train")
+        training, reason = Run.open(files, stopping, identity, config.resume, config.epochs)
+        if training.finished(config.epochs):
+            cluster.say(f"train: {files.last} already holds this run, finished after epoch {training.progress.epoch} "
+                        f"(best epoch {training.progress.best_epoch}); nothing to train")
             return
-        data = load_training_data(Path(dataset.table), Path(vocab.path), Path(encoder.cache),
+        data = load_training_data(Path(dataset.table), Vocabulary.from_json(Path(vocab.path)), Path(encoder.cache),
                                   model_config.max_caption_length, cluster.device)
         if cut := data.cut_captions(model_config.max_caption_length):
             cluster.say(f"train: {cut} of {len(data.train_set)} training captions reach model.max_caption_length = "
@@ -84,27 +84,26 @@ def main() -> None:
         model.set_feature_statistics(*data.features.statistics(data.train_set.image_rows))
         optimisers = make_optimisers(model, config.lr, config.weight_decay, config.lr_step_epochs, config.lr_gamma,
                                      cluster.device, config.amp)
-        if last:
-            for part, name in zip((model, *optimisers), ("model", "optimizer", "scheduler", "scaler")):
-                part.load_state_dict(last[name])
-        cluster.say(f"train: resuming from {files.last} after epoch {progress.epoch}" if last else
-                    f"train: starting afresh ({reason}); {len(data.train_set)} training captions, "
-                    f"{len(data.val_set)} validation captions")
+        training.restore(model, *optimisers)
+        resuming = f"resuming from {files.last} after epoch {training.progress.epoch}"
+        cluster.say(f"train: {resuming if training.continued else f'starting afresh ({reason})'}; "
+                    f"{len(data.train_set)} training captions, {len(data.val_set)} validation captions")
         first = [torch.arange(min(config.batch_size, len(data.train_set)))]  # compiled on a batch of training's size
         if note := compile_step(model, cluster.device, config.compile, lambda: run_epoch(
                 model, data.features, data.train_set, first, config, cluster.device, NoUpdate(model)), "train.compile"):
             cluster.say(f"train: {note}")
-        fit(model, optimisers, data, config, cluster, files, progress, stopping, identity, resumed=last is not None)
+        fit(model, optimisers, data, config, cluster, training)
 
 
-def fit(model: torch.nn.Module, optimisers: tuple, data: TrainingData, config: TrainConfig, cluster: Processes,
-        files: RunFiles, progress: Progress, stopping: EarlyStopping, identity: str, resumed: bool) -> None:
+def fit(model: torch.nn.Module, optimisers: Optimisers, data: TrainingData, config: TrainConfig, cluster: Processes,
+        training: Run) -> None:
     """The epochs: train, validate, decide, save and log each; rank 0 writes every file."""
     optimizer, scheduler, scaler = optimisers
     network = cluster.wrap(model)
-    log = EpochLog(config.log_dir, config.metrics_dir, resumed) if cluster.main else None
+    log = EpochLog(config.log_dir, config.metrics_dir, training.continued is not None) if cluster.main else None
     val_batches = bucket_batches(data.val_set.lengths, config.batch_size * cluster.world_size,
                                  torch.Generator().manual_seed(0))
+    progress = training.progress
     for epoch in range(progress.epoch, config.epochs):
         torch.manual_seed(config.seed + epoch + 1_000_003 * cluster.rank)  # dropout: replays on resume
         train_stats = run_epoch(model, data.features, data.train_set, epoch_batches(data, config, epoch,
@@ -113,29 +112,26 @@ def fit(model: torch.nn.Module, optimisers: tuple, data: TrainingData, config: T
         val_stats, hypotheses = validate(model, data, val_batches, config, cluster)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        improved = stopping.record(progress, val_stats[config.early_stopping])
+        improved = training.stopping.record(progress, val_stats[config.early_stopping])
         if log is not None:
             # scores, not speeds: the same run gives a byte-identical best.pt (one DVC hash)
             best = checkpoint_payload(model, data.vocabulary.words, data.store.attrs, epoch=progress.epoch, **{
                 f"val_{k}": v for k, v in val_stats.items() if k != "tokens_per_s"}) if improved else None
-            files.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                        "state": progress.as_dict(), "identity": identity}, best)
-            references = data.val_references
-            samples = [f"{n}: {hypotheses[n]}  (ref: {references[n][0]})" for n in data.val_names[:config.num_samples]]
+            training.save((model, *optimisers), best)
             scores = {"train/loss": train_stats["loss"], "train/cross_entropy": train_stats["cross_entropy"],
                       "val/loss": val_stats["loss"], "val/cross_entropy": val_stats["cross_entropy"],
                       "val/bleu4": val_stats["bleu4"], "val/cider": val_stats["cider"], "lr": lr}
-            log.epoch(progress.epoch, scores, samples, summary_line(progress.epoch, config.epochs, train_stats,
-                      val_stats, improved), {"train/tokens_per_s": train_stats["tokens_per_s"]})
-        if stopping.stopped(progress):
+            log.epoch(progress.epoch, scores, data.samples(hypotheses, config.num_samples),
+                      summary_line(progress.epoch, config.epochs, train_stats, val_stats, improved),
+                      {"train/tokens_per_s": train_stats["tokens_per_s"]})
+        if training.stopping.stopped(progress):
             cluster.say(f"train: no better validation {config.early_stopping} for {config.patience} epochs; stopping")
             break
     if log is not None:
         log.close({"best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
                    f"best_val_{config.early_stopping}": progress.best_score})
         cluster.say(f"train: best epoch {progress.best_epoch} of {progress.epoch} (val {config.early_stopping} "
-                    f"{progress.best_score:.4f}) -> {files.best}")
+                    f"{progress.best_score:.4f}) -> {training.files.best}")
 
 
 if __name__ == "__main__":

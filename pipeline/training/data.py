@@ -1,7 +1,7 @@
 """What the training stages read: the vocabulary, the features of the train and val images, and their
 captions encoded, with the validation references. Shared by `train` and `scst`.
 
-    data = load_training_data(Path(dataset.table), Path(vocab.path), Path(encoder.cache), max_words, device)
+    data = load_training_data(Path(dataset.table), vocabulary, Path(encoder.cache), max_words, device)
 """
 from __future__ import annotations
 
@@ -36,15 +36,18 @@ class TrainingData:
         """The validation images, sorted."""
         return sorted(self.val_references)
 
+    def samples(self, hypotheses: dict[str, str], count: int) -> list[str]:
+        """The first `count` validation images' captions beside a reference, for the epoch's log."""
+        return [f"{n}: {hypotheses[n]}  (ref: {self.val_references[n][0]})" for n in self.val_names[:count]]
+
     def cut_captions(self, max_words: int) -> int:
         """How many training captions reach `max_words` words (START + words + END) and were cut there."""
         return int((self.train_set.lengths >= max_words + 2).sum())
 
 
-def load_training_data(table: Path, vocabulary_path: Path, cache: Path, max_words: int,
+def load_training_data(table: Path, vocabulary: Vocabulary, cache: Path, max_words: int,
                        device: torch.device) -> TrainingData:
-    """Read the vocabulary, the train and val captions and their images' features (one line errors)."""
-    vocabulary = Vocabulary.from_json(vocabulary_path)
+    """Read the train and val captions, encoded with `vocabulary`, and their images' features (one line errors)."""
     store = FeatureStore(cache)
     captions = read_captions(table)
     train, val = captions[captions["split"] == "train"], captions[captions["split"] == "val"]

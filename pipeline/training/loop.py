@@ -13,6 +13,7 @@ from pipeline.encoder.feature_matrix import FeatureMatrix
 from pipeline.errors import InputError
 from pipeline.model.architectures import build_decoder
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig, caption_loss
+from pipeline.runtime import Processes
 from pipeline.text import Vocabulary
 from pipeline.training.batches import EncodedCaptions
 from pipeline.training.precision import autocast_for
@@ -82,11 +83,16 @@ def shard(batches: list[torch.Tensor], rank: int, world_size: int) -> list[torch
 
 
 def update(model: torch.nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-           scaler: torch.amp.GradScaler, grad_clip: float) -> None:
+           scaler: torch.amp.GradScaler, grad_clip: float, summed_over: Processes | None = None) -> None:
     """One optimiser step on `loss`: backward (scaled for fp16; a disabled scaler passes through), the
-    gradient norm clipped to `grad_clip`, then the step."""
+    gradients summed over `summed_over`'s processes when given (where no DistributedDataParallel
+    wrapper does it), their norm clipped to `grad_clip`, then the step."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    if summed_over is not None and summed_over.world_size > 1:
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                torch.distributed.all_reduce(parameter.grad)
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)

@@ -30,7 +30,13 @@ class Progress:
     epoch: int = 0
     scores: list[float] = dataclasses.field(default_factory=list)
     best_score: float | None = None
-    best_epoch: int = 0
+    best_epoch: int = 0  # 0: none of the epochs beat the start
+    start_score: float | None = None  # the model's score before the first epoch, when it competes (scst)
+
+    @classmethod
+    def starting_at(cls, score: float | None) -> Progress:
+        """A run whose starting model scored `score` (None: no starting model competes)."""
+        return cls(best_score=score, start_score=score)
 
     def as_dict(self) -> dict[str, Any]:
         """As stored in last.pt under "state"."""
@@ -39,7 +45,7 @@ class Progress:
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> Progress:
         return cls(int(state["epoch"]), [float(s) for s in state["scores"]], state["best_score"],
-                   int(state["best_epoch"]))
+                   int(state["best_epoch"]), state.get("start_score"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +72,10 @@ class EarlyStopping:
         """Whether the run has gone `patience` epochs without a better score."""
         return len(progress.scores) - progress.best_epoch >= self.patience
 
-    def stop_epoch(self, scores: list[float]) -> int | None:
-        """The epoch (1-based) after which this early stopping ends a run with these scores, if any."""
-        replay = Progress()
+    def stop_epoch(self, scores: list[float], start_score: float | None = None) -> int | None:
+        """The epoch (1-based) after which this early stopping ends a run with these scores (and this
+        starting score), if any."""
+        replay = Progress.starting_at(start_score)
         for score in scores:
             self.record(replay, score)
             if self.stopped(replay):
@@ -76,13 +83,14 @@ class EarlyStopping:
         return None
 
 
-def can_continue(scores: list[float], epochs: int, stopping: EarlyStopping, keys: str = "train") -> str | None:
+def can_continue(scores: list[float], epochs: int, stopping: EarlyStopping, keys: str = "train",
+                 start_score: float | None = None) -> str | None:
     """Why a run that recorded these per-epoch scores cannot be continued under (epochs, stopping), or None.
     `keys` is the params section, named in the reason."""
     done = len(scores)
     if done > epochs:
         return f"it ran {done} epochs, more than {keys}.epochs = {epochs}"
-    stopped = stopping.stop_epoch(scores)
+    stopped = stopping.stop_epoch(scores, start_score)
     if stopped is not None and stopped < done:
         return f"with {keys}.patience = {stopping.patience} it would have stopped after epoch {stopped}, not {done}"
     return None
@@ -113,11 +121,53 @@ class RunFiles:
         if not isinstance(best, dict) or best.get("epoch") != best_epoch:
             return None, (f"{self.best} is not the best epoch ({best_epoch}) of the run in {self.last}; "
                           "it was replaced or written by an interrupted epoch")
-        why = can_continue(last["state"]["scores"], epochs, stopping, self.section)
+        why = can_continue(last["state"]["scores"], epochs, stopping, self.section, last["state"].get("start_score"))
         return (None, f"{self.last} cannot be continued: {why}") if why else (last, "")
+
+    def save_best(self, best: dict[str, Any]) -> None:
+        """Write best.pt atomically."""
+        save_torch(self.best, best, f"{self.section}.checkpoint")
 
     def save(self, last: dict[str, Any], best: dict[str, Any] | None) -> None:
         """Write best.pt (when the epoch improved) and then last.pt, each atomically."""
         if best is not None:
-            save_torch(self.best, best, f"{self.section}.checkpoint")
+            self.save_best(best)
         save_torch(self.last, last, f"{self.section}.last_checkpoint")
+
+
+STATE_PARTS = ("model", "optimizer", "scheduler", "scaler")  # what last.pt holds beside the progress
+
+
+@dataclasses.dataclass
+class Run:
+    """One stage's training run: its files, its early stopping, its identity, what it has done, and the
+    last.pt it continues (None when it started afresh)."""
+
+    files: RunFiles
+    stopping: EarlyStopping
+    identity: str
+    progress: Progress
+    continued: dict[str, Any] | None
+
+    @classmethod
+    def open(cls, files: RunFiles, stopping: EarlyStopping, identity: str, resume: bool,
+             epochs: int) -> tuple[Run, str]:
+        """The run to continue from last.pt, or a fresh one; and why it starts afresh."""
+        last, reason = files.resume_point(identity, resume, epochs, stopping)
+        progress = Progress.from_dict(last["state"]) if last else Progress()
+        return cls(files, stopping, identity, progress, last), reason
+
+    def finished(self, epochs: int) -> bool:
+        """Whether the continued run has nothing left to train under `epochs`."""
+        return self.continued is not None and (self.progress.epoch >= epochs or self.stopping.stopped(self.progress))
+
+    def restore(self, *parts: Any) -> None:
+        """Load the model, optimiser, scheduler and scaler (in STATE_PARTS order) from last.pt, if continued."""
+        if self.continued is not None:
+            for part, name in zip(parts, STATE_PARTS):
+                part.load_state_dict(self.continued[name])
+
+    def save(self, parts: tuple[Any, ...], best: dict[str, Any] | None) -> None:
+        """Write best.pt when given, then last.pt: the parts' states (STATE_PARTS order), progress and identity."""
+        last = {name: part.state_dict() for part, name in zip(parts, STATE_PARTS)}
+        self.files.save({**last, "state": self.progress.as_dict(), "identity": self.identity}, best)

@@ -1,0 +1,167 @@
+"""Self-critical sequence training (Rennie et al., CVPR 2017) on the cached features.
+
+For each training image the decoder samples `samples` captions; each is rewarded with its CIDEr-D
+against the image's training references (`pipeline.evaluation.cider`, document frequencies from the
+training references, END appended to candidates and references: see that module for why), and the
+decoder follows the policy gradient
+
+    loss = - sum over sampled tokens of (reward - baseline) * log p(token) / (number of sampled tokens)
+
+with a baseline that does not depend on the sample: the reward of the image's greedy caption
+(`greedy`, Rennie et al.: the model is pushed towards samples better than what it would say now) or
+the mean reward of the image's other samples (`mean`, Luo 2020 and most codebases since).
+
+Layout: n images, S samples each, R = n*S caption rows laid out (images, samples), so every row
+reads its image's features through `DecoderState` without copying them, as beam search's beams do.
+
+    features    (n, P, E)
+    tokens      (R, T)  sampled ids: words, then END (forced at the length limit), then PAD
+    log_probs   (R, T)  log p of each sampled token under the model (0 on PAD), differentiable
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.evaluation.cider import CiderD
+from pipeline.model.decoder import CaptionDecoder
+from pipeline.runtime import Processes
+from pipeline.text import Vocabulary, tokenize
+from pipeline.training.data import TrainingData
+from pipeline.training.loop import update
+from pipeline.training.precision import autocast_for
+
+
+@dataclasses.dataclass
+class Samples:
+    """Captions decoded for n images, S rows each (images, samples)."""
+
+    tokens: torch.Tensor  # (R, T) words, END, PAD...
+    log_probs: torch.Tensor  # (R, T) log-probability of each token that was sampled (0 on PAD and forced END)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(R, T) True on the tokens the decoder chose."""
+        return self.log_probs != 0
+
+
+def sample(model: CaptionDecoder, features: torch.Tensor, per_image: int, max_length: int, banned: Sequence[int],
+           start: int, end: int, pad: int, greedy: bool = False) -> Samples:
+    """Sample `per_image` captions of each image of features (n, P, E), at most `max_length` words and END
+    (forced at the limit, without a gradient); `greedy` takes the likeliest word instead of a sample.
+    Gradients flow through the log-probabilities when grad mode is on."""
+    state = model.start(features)  # n rows
+    state = dataclasses.replace(state, h=state.h.repeat_interleave(per_image, 0),
+                                c=state.c.repeat_interleave(per_image, 0))  # R rows, the image's features shared
+    rows = state.h.size(0)
+    words = torch.full((rows,), start, dtype=torch.long, device=features.device)
+    alive = torch.ones(rows, dtype=torch.bool, device=features.device)
+    banned_ids = torch.tensor(list(banned), dtype=torch.long, device=features.device)
+    tokens, log_probs = [], []
+    for _ in range(max_length):
+        scores, _, state = model.advance(state, words)  # (R, V) log-probabilities
+        scores = scores.index_fill(1, banned_ids, float("-inf")).log_softmax(dim=1)  # renormalised without banned
+        words = scores.argmax(dim=1) if greedy else torch.multinomial(scores.exp(), 1).squeeze(1)  # (R,)
+        chosen = scores.gather(1, words[:, None]).squeeze(1)  # (R,)
+        tokens.append(torch.where(alive, words, pad))
+        log_probs.append(torch.where(alive, chosen, torch.zeros_like(chosen)))
+        alive = alive & (words != end)
+        if not bool(alive.any()):
+            break
+    tokens.append(torch.where(alive, end, pad))  # END where the limit was reached, chosen by no one
+    log_probs.append(torch.zeros(rows, device=features.device))
+    return Samples(torch.stack(tokens, dim=1), torch.stack(log_probs, dim=1))
+
+
+class Rewards:
+    """CIDEr-D of sampled captions against their image's training references, END included on both sides."""
+
+    def __init__(self, references: dict[str, list[str]], vocabulary: Vocabulary) -> None:
+        self.names = sorted(references)
+        self.row = {name: i for i, name in enumerate(self.names)}
+        self.end, self.pad = vocabulary.end, vocabulary.pad
+        self.scorer = CiderD([[[*(vocabulary.index(word) for word in tokenize(caption)), vocabulary.end]
+                               for caption in references[name]] for name in self.names])
+
+    def __call__(self, names: Sequence[str], tokens: torch.Tensor) -> np.ndarray:
+        """Rewards (R,) of token rows (R, T) laid out (images, samples) for the images `names` (n,)."""
+        per_image = tokens.size(0) // len(names)
+        candidates = [[token for token in row if token != self.pad] for row in tokens.tolist()]
+        images = np.repeat([self.row[name] for name in names], per_image)
+        return self.scorer.score(candidates, images)
+
+
+def baseline_rewards(rewards: np.ndarray, per_image: int, greedy: np.ndarray | None) -> np.ndarray:
+    """The baseline of each sample (R,): its image's greedy reward (greedy (n,)), or the mean reward of
+    the image's other samples (greedy None; needs per_image >= 2)."""
+    if greedy is not None:
+        return np.repeat(greedy, per_image)
+    grouped = rewards.reshape(-1, per_image)  # (n, S)
+    return ((grouped.sum(axis=1, keepdims=True) - grouped) / (per_image - 1)).reshape(-1)
+
+
+def policy_loss(samples: Samples, advantage: torch.Tensor, token_count: float) -> torch.Tensor:
+    """- sum of advantage (R,) x log p over the chosen tokens, divided by `token_count` (the global batch's)."""
+    return -(advantage[:, None] * samples.log_probs).sum() / max(token_count, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScstSettings:
+    """What one self-critical epoch needs of params.yaml's `scst` section."""
+
+    samples: int
+    baseline: str  # greedy | mean
+    batch_size: int  # images per step, over all processes
+    grad_clip: float
+    amp: str
+
+
+def image_batches(count: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """The epoch's shuffled batches of image indices (the same on every process, replayed on resume)."""
+    return list(torch.randperm(count, generator=generator).split(batch_size))
+
+
+def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, batches: list[torch.Tensor],
+                   settings: ScstSettings, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   processes: Processes, banned: Sequence[int], progress: str | None = None) -> dict[str, float]:
+    """One self-critical pass over the training images of `batches` (global batches of indices into
+    `rewards.names`; each process takes every world_size-th image of each, and a batch with fewer images
+    than processes is left out); the mean reward and baseline of this process's samples, and its speeds."""
+    vocabulary, S = data.vocabulary, settings.samples
+    autocast, _ = autocast_for(processes.device, settings.amp)
+    special = {"start": vocabulary.start, "end": vocabulary.end, "pad": vocabulary.pad}
+    max_length = model.config.max_caption_length
+    totals = np.zeros(3)  # over this process's samples: reward, baseline, chosen tokens
+    images, started = 0, time.perf_counter()
+    mine = [batch[processes.rank::processes.world_size] for batch in batches if len(batch) >= processes.world_size]
+    with tqdm(total=sum(map(len, mine)), disable=progress is None, desc=progress, unit="image", mininterval=1.0,
+              leave=False) as bar:
+        for batch in mine:
+            names = [rewards.names[i] for i in batch.tolist()]
+            x = data.features[data.features.rows_of(names)]  # (n, P, E)
+            greedy = None
+            if settings.baseline == "greedy":
+                model.eval()
+                with torch.no_grad(), autocast:
+                    greedy = rewards(names, sample(model, x, 1, max_length, banned, greedy=True, **special).tokens)
+            model.train()
+            with autocast:
+                samples = sample(model, x, S, max_length, banned, **special)
+            reward = rewards(names, samples.tokens)  # (R,)
+            baseline = baseline_rewards(reward, S, greedy)  # (R,)
+            chosen = float(samples.mask.sum())
+            advantage = torch.as_tensor(reward - baseline, dtype=torch.float32, device=processes.device)  # (R,)
+            loss = policy_loss(samples, advantage, processes.sum(chosen))  # a token mean over the global batch
+            update(model, loss, optimizer, scaler, settings.grad_clip, processes)
+            totals += (reward.sum(), baseline.sum(), chosen)
+            images += len(names)
+            bar.update(len(names) * processes.world_size)
+    seconds = time.perf_counter() - started
+    count = max(images * S, 1)
+    return {"reward": totals[0] / count, "baseline": totals[1] / count, "images_per_s": images / seconds,
+            "sampled_tokens_per_s": totals[2] / seconds}
