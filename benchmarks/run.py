@@ -41,16 +41,17 @@ from benchmarks.cider_bench import bench_all as bench_cider
 from benchmarks.common import machine_line, spread
 from benchmarks.features_bench import bench_features
 from benchmarks.prepare_bench import bench_prepare
+from benchmarks.scst_bench import bench_scst
 from benchmarks.training_bench import bench_training
 from benchmarks.tutorial import check_same_maths
 
 TARGETS = {"features": 0.9, "training": 3.0, "beam": 10.0, "streaming": 0.8, "cider": 50.0}
 FULL = {"feature_images": 96, "feature_repeats": 2, "train_images": 400, "train_captions": 128,
         "train_repeats": 2, "beam_images": 40, "beam_repeats": 2, "ceiling_rounds": 5, "prepare_images": 31_783,
-        "cider_candidates": 5_000, "cider_repeats": 3}
+        "cider_candidates": 5_000, "cider_repeats": 3, "scst_images": 64, "scst_repeats": 2}
 QUICK = {"feature_images": 64, "feature_repeats": 1, "train_images": 100, "train_captions": 32,
          "train_repeats": 1, "beam_images": 8, "beam_repeats": 1, "ceiling_rounds": 1, "prepare_images": 2_000,
-         "cider_candidates": 1_000, "cider_repeats": 1}
+         "cider_candidates": 1_000, "cider_repeats": 1, "scst_images": 8, "scst_repeats": 1}
 
 
 def row(what: str, ours: str, baseline: str, ratio: tuple[float, float, float], target: float | None) -> str:
@@ -59,6 +60,12 @@ def row(what: str, ours: str, baseline: str, ratio: tuple[float, float, float], 
         return f"| {what} | {ours} | {baseline} | {spread(*ratio)} | - | - |"
     met = "yes" if ratio[0] >= target else "no"
     return f"| {what} | {ours} | {baseline} | {spread(*ratio)} | >= {target:g}x | {met} |"
+
+
+def inverse(ratio: tuple[float, float, float]) -> tuple[float, float, float]:
+    """1 / a ratio (median, low, high): the median and range of baseline / ours."""
+    median, low, high = ratio
+    return 1 / median, 1 / high, 1 / low
 
 
 def cider_rows(candidates: int, repeats: int) -> tuple[list[str], list[str]]:
@@ -145,6 +152,16 @@ def main() -> None:
                  f"1-row rate, {ceiling['ceiling, decoder steps']:.1f}x for whole decoder steps "
                  f"({ceiling['ms step 5 rows']:.2f} ms against {ceiling['ms step 200 rows']:.1f} ms): the ceiling "
                  "on the batched / one-at-a-time ratio")
+
+    for result in bench_scst(size["scst_images"], size["scst_repeats"]):
+        lines.append(row(f"self-critical vs cross-entropy epoch, amp {result['amp']}, batch 32, V=10,000, "
+                         "images/s", f"{result['scst images/s']:.1f}",
+                         f"{result['xe images/s']:.1f}", inverse(result["ratio"]), None))
+        notes.append(f"self-critical amp {result['amp']}: {result['scst samples/s']:.0f} sampled captions/s, "
+                     f"{result['scst sampled tokens/s']:.0f} sampled tokens/s (5 samples and a greedy caption per "
+                     f"image, CIDEr-D rewards); cross-entropy {result['xe tokens/s']:.0f} tokens/s over 5 captions "
+                     f"per image ({result['images']} images)")
+    print(f"self-critical done ({time.perf_counter() - started:.0f} s)", flush=True)
 
     cider_lines, cider_notes = cider_rows(size["cider_candidates"], size["cider_repeats"])
     lines += cider_lines
