@@ -83,10 +83,10 @@ class Encoder(nn.Module):
         """A copy ready for inference on `device`, BatchNorm folded into the convolutions, channels_last;
         this encoder is left as it is (its weights stay those of the checkpoint).
 
-        Both keep the function (up to float rounding, ~2e-6 relative in fp32) and make it faster: on a
-        2-core AVX-512 CPU folding takes ~14% off a batch and channels_last (oneDNN's native layout)
-        ~27% in fp32; on CUDA channels_last is what cuDNN's tensor-core kernels want (docs/speed.md).
-        `precision` is how it will be run (see `encode`); the copy is the same for both.
+        Both keep the function (up to float rounding) and make it faster: folding removes a pass over
+        every activation, and channels_last is oneDNN's native layout on CPUs and what cuDNN's
+        tensor-core kernels want on GPUs (docs/speed.md has the measurements). `precision` is how it
+        will be run (see `encode`); the copy is the same for both.
         """
         ready = copy.deepcopy(self)
         fold_batch_norms(ready.body)
