@@ -66,7 +66,7 @@ def main() -> None:
     table = read_captions(dataset.table, config.split)
     if table.empty:
         raise InputError(f"no {config.split} captions in {dataset.table}; check evaluate.split and "
-                         "dataset.split_ratios / split_files")
+                         "dataset.split_ratios / split_dir")
     references = references_by_image(table)
     names = sorted(references)
     images_dir = Path(dataset.images)

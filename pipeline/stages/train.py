@@ -139,7 +139,7 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
     train_table, val_table = table[table["split"] == "train"], table[table["split"] == "val"]
     if train_table.empty or val_table.empty:
         raise InputError(f"{dataset.table} needs train and val captions (early stopping uses val); "
-                         "check dataset.split_ratios / split_files")
+                         "check dataset.split_ratios / split_dir")
     features = FeatureMatrix(store, pd.concat([train_table, val_table])["image"], device)
     clock["features"] = time.perf_counter()
     max_words = model_config.max_caption_length
