@@ -70,8 +70,9 @@ work, images, epochs, device, cores = Path(sys.argv[1]), int(sys.argv[2]), int(s
 params = yaml.safe_load(Path("params.yaml").read_text())
 val, test = max(1014 / 31783, 2 / images), max(1000 / 31783, 2 / images)
 params["shapes"]["out_dir"] = str(work / "shapes")
+(work / "no_lists").mkdir(parents=True, exist_ok=True)  # dataset.split_dir without lists: the random split below
 params["dataset"].update(captions=str(work / "data/results_20130124.token"), images=str(work / "data/images"),
-                         format="flickr_token", split_files=None, check_images=True,
+                         format="flickr_token", split_dir=str(work / "no_lists"), check_images=True,
                          split_ratios={"train": 1 - val - test, "val": val, "test": test},
                          table=str(work / "prepared/captions.csv"), report=str(work / "prepared/report.json"))
 hub = Path.home() / ".cache/torch/hub/checkpoints/resnet50-11ad3fa6.pth"  # IMAGENET1K_V2, when it was copied here

@@ -57,7 +57,9 @@ def bench_prepare(num_images: int, repeats: int) -> list[tuple[str, float]]:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         token = write_dataset(root, num_images)
-        config = DatasetConfig(captions=str(token), images=str(root / "images"), format="auto", split_files=None,
+        (root / "no_lists").mkdir()
+        config = DatasetConfig(captions=str(token), images=str(root / "images"), format="auto",
+                               split_dir=str(root / "no_lists"),
                                split_ratios={"train": 0.9, "val": 0.05, "test": 0.05}, seed=0,
                                captions_per_image=5, max_dropped_fraction=0.05, check_images=False,
                                table=str(root / "captions.csv"), report=str(root / "report.json"))

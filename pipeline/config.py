@@ -106,7 +106,7 @@ class DatasetConfig(Section):
     captions: Path_
     images: Path_
     format: Literal["auto", "flickr_token", "csv", "pipe", "karpathy"]
-    split_files: dict[Split, Path_] | None  # {train|val|test: file listing image names}
+    split_dir: Path_  # folder of split lists: train.txt, val.txt, test.txt (image names); none there: no lists
     split_ratios: dict[Split, Annotated[Real, Field(ge=0.0, le=1.0)]]  # when the format has no split
     seed: int = Field(ge=0)
     captions_per_image: int | None = Field(ge=1)  # expected count; other counts are reported
@@ -124,8 +124,6 @@ class DatasetConfig(Section):
         if ratios["train"] <= 0 or ratios["val"] <= 0:
             raise ValueError(f"dataset.split_ratios: train and val must be > 0 (val drives early stopping), "
                              f"got {ratios}")
-        if self.split_files is not None and not {"train", "val"} <= set(self.split_files):
-            raise ValueError("dataset.split_files must list at least train and val files")
         return self
 
 

@@ -1,8 +1,15 @@
 """Shared fixtures: a tiny demo project (shapes -> ... -> embeddings) built once per session, and
-`write_params`, the one way tests write a params.yaml."""
+`write_params`, the one way tests write a params.yaml.
+
+Tests never read the repository's working params.yaml (`dvc exp run -S train.lr=...` leaves its
+value there): every params file they write starts from DEFAULT_PARAMS, tests/params.yaml, the tests'
+own copy of the defaults (tests/test_config.py checks that it has the same keys as params.yaml)."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +18,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PARAMS = Path(__file__).resolve().parent / "params.yaml"
 
 # The repository's params with these overrides: a demo small enough for a test (30 images of 64 px,
 # 18 for training). 12 epochs of 12 steps at lr 0.01 without dropout is the least training after which
@@ -31,16 +39,16 @@ TINY_PARAMS = {
 }
 
 
-def repository_params() -> dict[str, dict[str, Any]]:
-    """A fresh copy of the repository's params.yaml."""
-    return yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+def default_params() -> dict[str, dict[str, Any]]:
+    """A fresh copy of the default params (tests/params.yaml)."""
+    return yaml.safe_load(DEFAULT_PARAMS.read_text(encoding="utf-8"))
 
 
 def params_with(changes: dict[str, dict[str, Any]] | None = None, tiny: bool = False,
                 remove: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
-    """The repository's params, with TINY_PARAMS when `tiny`, then `changes` ({section: {key: value}}),
+    """The default params, with TINY_PARAMS when `tiny`, then `changes` ({section: {key: value}}),
     and without the `remove` keys ("section.key")."""
-    params = repository_params()
+    params = default_params()
     for overrides in ((TINY_PARAMS if tiny else {}), changes or {}):
         for section, values in overrides.items():
             params[section].update(values)
@@ -48,6 +56,12 @@ def params_with(changes: dict[str, dict[str, Any]] | None = None, tiny: bool = F
         section, key = dotted.split(".", 1)
         del params[section][key]
     return params
+
+
+# What a temporary copy of the project holds (tests/test_pipeline.py and others that run DVC). params.yaml is
+# not copied: the copy gets the tests' own defaults through write_params; of splits/ (dataset.split_dir) only
+# its README: no split lists, whatever a user put there.
+PROJECT_FILES = ["pipeline", "splits/README.md", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
 def write_params(path: Path, changes: dict[str, dict[str, Any]] | None = None, tiny: bool = False,
@@ -92,6 +106,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny")
     write_params(folder, tiny=True)
+    (folder / default_params()["dataset"]["split_dir"]).mkdir()  # dataset.split_dir, without lists: a random split
     run_stages(folder, shapes, prepare, features, vocab, embeddings)
     return folder
 
@@ -133,3 +148,32 @@ def each_architecture(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(tiny_models, "ARCHITECTURE", request.param)
     return request.param
+
+
+def run_in(command: list[str], cwd: Path) -> str:
+    """Run a command (dvc, git) in a project copy, with this interpreter's environment first on the PATH
+    and no PIPELINE_PARAMS; its output (stdout then stderr), after asserting that it succeeded."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com", "DVC_NO_ANALYTICS": "1"}
+    env.pop("PIPELINE_PARAMS", None)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{output[-4000:]}"
+    return output
+
+
+def copy_project(copy: Path, changes: dict[str, dict[str, Any]] | None = None) -> Path:
+    """A git repository at `copy` holding PROJECT_FILES and the tiny params with `changes`, committed."""
+    for item in PROJECT_FILES:
+        source, target = ROOT / item, copy / item
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    write_params(copy, changes, tiny=True)
+    run_in(["git", "init", "-q"], copy)
+    run_in(["git", "add", "-A"], copy)
+    run_in(["git", "commit", "-qm", "tiny copy"], copy)
+    return copy

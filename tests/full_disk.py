@@ -166,6 +166,7 @@ def project_params(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, project: Pat
         for key, value in values.items():
             if isinstance(value, str) and value.startswith(("data/", "metrics/")):
                 values[key] = str(project / value)
+    params["dataset"]["split_dir"] = str(project / params["dataset"]["split_dir"])
     for section, values in changes.items():
         params[section].update(values)
     path = tmp_path / "params.yaml"

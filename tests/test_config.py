@@ -24,9 +24,9 @@ from pipeline.config import (
     read_params,
 )
 from pipeline.errors import ConfigError
-from tests.conftest import ROOT, repository_params, write_params
+from tests.conftest import DEFAULT_PARAMS, ROOT, default_params, write_params
 
-PARAMS = repository_params()
+PARAMS = default_params()
 
 
 def error_for(cls: type, path: Path) -> str:
@@ -42,11 +42,25 @@ def error_for(cls: type, path: Path) -> str:
 # good files
 
 
-def test_the_repository_params_load_every_section():
+def test_the_default_params_load_every_section():
     for cls, name in SECTIONS.items():
-        config = load_section(cls, ROOT / "params.yaml")
+        config = load_section(cls, DEFAULT_PARAMS)
         assert isinstance(config, cls)
         assert config.model_dump() == PARAMS[name]
+    assert set(load_all(DEFAULT_PARAMS)) == set(PARAMS)
+
+
+def keys(params: dict[str, dict]) -> set[str]:
+    """Every params key as `section.key` (the values, mappings included, are left out)."""
+    return {f"{section}.{key}" for section, values in params.items() for key in values}
+
+
+def test_the_tests_copy_has_the_keys_of_the_default_params():
+    """tests/params.yaml stands in for params.yaml in every test: a key added to one belongs in both.
+    Only keys are compared (`dvc exp run -S` changes values in the working file), and that file must load."""
+    repository = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    assert keys(repository) - keys(PARAMS) == set(), "keys of params.yaml missing from tests/params.yaml"
+    assert keys(PARAMS) - keys(repository) == set(), "keys of tests/params.yaml missing from params.yaml"
     assert set(load_all(ROOT / "params.yaml")) == set(PARAMS)
 
 
@@ -62,7 +76,7 @@ def test_load_section_builds_typed_values(tmp_path):
 
 
 def test_sections_are_frozen():
-    train = load_section(TrainConfig, ROOT / "params.yaml")
+    train = load_section(TrainConfig, DEFAULT_PARAMS)
     with pytest.raises(ValidationError):
         train.lr = 0.5  # type: ignore[misc]
 
@@ -165,7 +179,7 @@ def test_missing_key(tmp_path):
     (ShapesConfig, "shapes", "object_size", [56, "big"], "shapes.object_size.1"),
     (DatasetConfig, "dataset", "split_ratios", [0.8, 0.2], "dataset.split_ratios"),
     (DatasetConfig, "dataset", "split_ratios", {"train": "most", "val": 0.5, "test": 0.5}, "dataset.split_ratios.train"),
-    (DatasetConfig, "dataset", "split_files", {"train": 3}, "dataset.split_files.train"),
+    (DatasetConfig, "dataset", "split_dir", {"train": "a.txt"}, "dataset.split_dir"),  # the old mapping
     (DatasetConfig, "dataset", "captions_per_image", 4.5, "dataset.captions_per_image"),
     (EmbeddingsConfig, "embeddings", "pretrained", 5, "embeddings.pretrained"),
     (EvaluateConfig, "evaluate", "objects", ["a"], "evaluate.objects"),
@@ -204,7 +218,7 @@ def test_a_number_that_is_not_finite_is_refused_as_such(tmp_path, key, value):
 
 def test_missing_section(tmp_path):
     path = tmp_path / "params.yaml"
-    params = repository_params()
+    params = default_params()
     del params["evaluate"]
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
     assert "missing section 'evaluate'" in error_for(EvaluateConfig, path)
@@ -215,7 +229,7 @@ def test_missing_section(tmp_path):
 
 def test_section_that_is_not_a_mapping(tmp_path):
     path = tmp_path / "params.yaml"
-    params = repository_params()
+    params = default_params()
     params["vocab"] = 5
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
     assert "section 'vocab' should be a mapping" in error_for(VocabConfig, path)
@@ -257,8 +271,7 @@ def test_top_level_must_be_a_mapping(tmp_path, text):
     (DatasetConfig, {"dataset": {"split_ratios": {"train": 0.8, "dev": 0.2}}}, "key dataset.split_ratios.dev"),
     (DatasetConfig, {"dataset": {"split_ratios": {}}}, "dataset.split_ratios must give train, val and test"),
     (DatasetConfig, {"dataset": {"split_ratios": {"train": 0, "val": 0.5, "test": 0.5}}}, "train and val must be > 0"),
-    (DatasetConfig, {"dataset": {"split_files": {"train": "a.txt", "dev": "b.txt"}}}, "key dataset.split_files.dev"),
-    (DatasetConfig, {"dataset": {"split_files": {"train": "a.txt", "test": "b.txt"}}}, "at least train and val"),
+    (DatasetConfig, {"dataset": {"split_dir": ""}}, "key dataset.split_dir is ''"),
     (DatasetConfig, {"dataset": {"max_dropped_fraction": 1.5}}, "key dataset.max_dropped_fraction is 1.5"),
     (EncoderConfig, {"encoder": {"image_size": 100}}, "key encoder.image_size is 100: input should be a multiple of 32"),
     (EncoderConfig, {"encoder": {"image_size": 240}}, "key encoder.image_size is 240"),  # a multiple of 16, not 32

@@ -65,3 +65,23 @@ def test_closure_follows_imports_transitively() -> None:
     assert Path("pipeline/model/decoder.py") in closure("pipeline.stages.train")
     assert Path("pipeline/__init__.py") in closure("pipeline.stages.vocab")
     assert Path("pipeline/model/decoder.py") not in closure("pipeline.stages.vocab")
+
+
+# The files and folders each stage reads, by the params key that names them: each is a dep (DVC tracks a
+# param's string, a dep's contents), so that editing one in place reruns the stage.
+READS = {
+    "prepare": ["dataset.captions", "dataset.images", "dataset.split_dir"],
+    "features": ["dataset.table", "dataset.images"],
+}
+
+
+def test_every_path_a_stage_reads_is_a_dep() -> None:
+    for name, keys in READS.items():
+        deps = {str(dep) for dep in stage_graph()[name]["deps"]}
+        missing = [key for key in keys if f"${{{key}}}" not in deps]
+        assert not missing, f"stage {name}: {missing} not among its deps"
+
+
+def test_features_declares_what_says_the_images_are_the_demo() -> None:
+    # the cache records whether dataset.images lies in shapes.out_dir: both are params of the stage
+    assert {"dataset.images", "shapes.out_dir"} <= set(stage_graph()["features"]["params"])

@@ -32,9 +32,10 @@ from tests.conftest import ROOT, params_with
 
 
 def dataset_config(folder: Path, **overrides: Any) -> DatasetConfig:
-    """Prepare's settings for a captions file and image folder under `folder`."""
+    """Prepare's settings for a captions file and image folder under `folder` (and no split lists)."""
+    (folder / "no_lists").mkdir(parents=True, exist_ok=True)
     values = {"captions": str(folder / "captions.txt"), "images": str(folder / "images"), "format": "auto",
-              "split_files": None, "split_ratios": {"train": 0.6, "val": 0.2, "test": 0.2}, "seed": 0,
+              "split_dir": str(folder / "no_lists"), "split_ratios": {"train": 0.6, "val": 0.2, "test": 0.2}, "seed": 0,
               "captions_per_image": None, "max_dropped_fraction": 1.0, "check_images": True,
               "table": str(folder / "out" / "captions.csv"), "report": str(folder / "out" / "report.json")}
     return DatasetConfig(**{**values, **overrides})

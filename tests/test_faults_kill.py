@@ -2,6 +2,10 @@
 
 features: the rerun continues the partial file and the cache is byte-identical to an uninterrupted
 run's. train: the rerun continues last.pt and reaches the same weights as an uninterrupted run.
+
+The killed process is held (it sleeps until killed) once it has done a set part of the work, before the
+end: the kill comes at a random moment after the first work is on disk, yet always before the run could
+finish, however fast or loaded the machine is.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import pytest
 import torch
 
 from pipeline.config import PARAMS_ENV
+from pipeline.datasets.table import read_captions
 from tests.conftest import ROOT, write_params
 
 
@@ -29,6 +34,36 @@ def start(stage: str, folder: Path, params: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+# The stage as dvc.yaml runs it, with one pipeline function wrapped: after that function's `times`-th call
+# whose arguments include `marker` (any call when empty), the process sleeps until it is killed.
+HOLD = """
+import importlib, runpy, sys, time
+stage, module, name, times, marker = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+target = importlib.import_module(module)
+original, calls = getattr(target, name), []
+
+def held(*args, **kwargs):
+    result = original(*args, **kwargs)
+    if not marker or marker in map(str, args):
+        calls.append(None)
+        if len(calls) >= times:
+            time.sleep(600)  # until the test kills the process
+    return result
+
+setattr(target, name, held)
+sys.argv = [stage]
+runpy.run_module(stage, run_name="__main__", alter_sys=True)
+"""
+
+
+def start_held(stage: str, folder: Path, params: Path, function: str, times: int, marker: str = "") -> subprocess.Popen:
+    """The stage's process, held for good after `function` ("module.name") has run `times` times (see HOLD)."""
+    module, name = function.rsplit(".", 1)
+    environment = {**os.environ, PARAMS_ENV: str(params), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", HOLD, f"pipeline.stages.{stage}", module, name, str(times), marker],
+                            cwd=folder, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
 def finish(stage: str, folder: Path, params: Path) -> None:
     process = start(stage, folder, params)
     _, error = process.communicate(timeout=600)
@@ -36,18 +71,24 @@ def finish(stage: str, folder: Path, params: Path) -> None:
 
 
 def kill_when(process: subprocess.Popen, ready: callable, delay: float) -> bool:
-    """kill -9 the process `delay` seconds after `ready()` first holds; False when it ended first."""
-    deadline = time.monotonic() + 300
-    while not ready():
-        if process.poll() is not None or time.monotonic() > deadline:
+    """kill -9 the process `delay` seconds after `ready()` first holds; False when it ended first (a held
+    process ends only by failing: its stderr is then in the assertion that follows)."""
+    try:
+        deadline = time.monotonic() + 300
+        while not ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        time.sleep(delay)
+        if process.poll() is not None:
             return False
-        time.sleep(0.05)
-    time.sleep(delay)
-    if process.poll() is not None:
-        return False
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    return True
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        return True
+    finally:
+        if process.poll() is None:  # never leave a held process behind
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture
@@ -66,9 +107,11 @@ def test_features_killed_midway_resume_to_a_byte_identical_cache(project: Path) 
         reference = file["features"][()].tobytes()
     cache.unlink()
     partial = cache.with_name(f".{cache.name}.partial")
-    process = start("features", project, params)
+    batches = -(-len(set(read_captions(project / "data/prepared/captions.csv")["image"])) // 2)
+    # held after half of the batches are written: the kill falls before, during or after a write of the first half
+    process = start_held("features", project, params, "pipeline.encoder.extraction.write_rows", batches // 2)
     killed = kill_when(process, partial.exists, random.Random(os.getpid()).uniform(0.0, 0.3))
-    assert killed, "the stage finished before it could be killed"
+    assert killed, f"the stage ended before it could be killed: {process.stderr.read()[-3000:]}"
     assert not cache.exists()  # a killed run never leaves a cache that looks complete
     finish("features", project, params)
     with h5py.File(cache, "r") as file:
@@ -83,10 +126,12 @@ def test_train_killed_after_an_epoch_resumes_to_the_same_weights(project: Path) 
     finish("train", project, straight)
     resumed_outputs = {key: value.replace("straight", "resumed") for key, value in outputs.items()}
     resumed = write_params(project / "resumed.yaml", {"train": {"epochs": 3, **resumed_outputs}}, tiny=True)
-    process = start("train", project, resumed)
+    # held once last.pt holds epoch 2: the kill falls in epoch 2 (training, validation or a checkpoint write)
+    # or after it, never after epoch 3
+    process = start_held("train", project, resumed, "pipeline.files.save_torch", 2, marker="train.last_checkpoint")
     last = project / "resumed/last.pt"
     killed = kill_when(process, last.exists, random.Random(os.getpid()).uniform(0.0, 1.0))
-    assert killed, "the stage finished before it could be killed"
+    assert killed, f"the stage ended before it could be killed: {process.stderr.read()[-3000:]}"
     # the checkpoint on disk is whole (written to a temporary name, then renamed) and not the last epoch
     assert 1 <= torch.load(last, weights_only=True)["state"]["epoch"] < 3
     finish("train", project, resumed)

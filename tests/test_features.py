@@ -20,7 +20,7 @@ from pipeline.datasets.table import write_captions
 from pipeline.encoder import extraction
 from pipeline.encoder.extraction import FeatureExtractionError, names_sha256
 from pipeline.encoder.images import load_image
-from pipeline.encoder.resnet import build_encoder
+from pipeline.encoder.resnet import DEMO_ATTR, build_encoder
 from pipeline.stages import features
 from tests.conftest import write_params
 
@@ -29,6 +29,7 @@ SORTED = sorted(NAMES)
 SIZE = 64  # grid 2 x 2, P = 4
 BATCH = 2
 PROJECT_ROOT = Path(pipeline.__file__).resolve().parents[1]
+UNTRAINED = "features: the encoder is untrained (encoder.weights: none)"
 
 
 class Interrupted(Exception):
@@ -62,14 +63,19 @@ def make_project(root: Path, **encoder: Any) -> Path:
 
 
 def run_stage(root: Path) -> str:
-    """Run the stage's main() in `root`; returns what it printed."""
+    """Run the stage's main() in `root`; returns what it printed on stdout."""
+    return run_stage_printing(root)[0]
+
+
+def run_stage_printing(root: Path) -> tuple[str, str]:
+    """Run the stage's main() in `root`; returns what it printed on stdout and on stderr."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("PIPELINE_PARAMS", str(root / "params.yaml"))
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
+        printed, said = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(said):
             features.main()
-    return printed.getvalue()
+    return printed.getvalue(), said.getvalue()
 
 
 def counting_loader(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -> list[Path]:
@@ -145,6 +151,27 @@ def test_stage_writes_the_encoder_features(clean_run: tuple[Path, str], referenc
     assert attrs["images_sha256"] == names_sha256(SORTED)
     assert partials(path.parent.parent) == []
     assert f"{len(SORTED)} images" in printed and "(6, 4, 2048) float16" in printed and "images/s" in printed
+
+
+def test_an_untrained_encoder_on_data_that_is_not_the_demo_is_said_once(tmp_path: Path) -> None:
+    root = make_project(tmp_path)  # images/ outside shapes.out_dir (data/shapes): not the demo
+    printed, said = run_stage_printing(root)
+    assert said.count(UNTRAINED) == 1 and "IMAGENET1K_V2" in said and "Machines without pretrained weights" in said
+    assert UNTRAINED not in printed
+    assert read(root / "features" / "features.h5")["attrs"][DEMO_ATTR] is np.False_
+
+
+def test_the_demo_with_an_untrained_encoder_is_not_a_notice(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    (root / "demo").mkdir()
+    (root / "images").rename(root / "demo" / "images")
+    write_params(root, {"shapes": {"out_dir": "demo"},
+                        "dataset": {"images": "demo/images", "table": "prepared/captions.csv"},
+                        "encoder": {"weights": "none", "image_size": SIZE, "precision": "fp32", "batch_size": BATCH,
+                                    "num_workers": 0, "device": "cpu", "cache": "features/features.h5"}})
+    printed, said = run_stage_printing(root)
+    assert "encoder is untrained" not in printed + said
+    assert read(root / "features" / "features.h5")["attrs"][DEMO_ATTR] is np.True_
 
 
 def test_float32_option(tmp_path: Path, reference: np.ndarray) -> None:
@@ -223,6 +250,7 @@ def test_two_processes_make_the_same_file(tmp_path: Path, clean_run: tuple[Path,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stdout
+    assert result.stderr.count(UNTRAINED) == 1  # said once, by the first process
     merged, clean = read(root / "features" / "features.h5"), read(clean_run[0])
     assert merged["images"] == clean["images"] and merged["attrs"] == clean["attrs"]
     assert merged["chunks"] == clean["chunks"] and merged["datasets"] == clean["datasets"]

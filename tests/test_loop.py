@@ -17,7 +17,7 @@ from pipeline.errors import InputError
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
 from pipeline.training.batches import encode_captions
 from pipeline.training.loop import build_model, load_embeddings, run_epoch
-from tests.conftest import ROOT, write_feature_cache
+from tests.conftest import DEFAULT_PARAMS, write_feature_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +33,7 @@ def model_config(fine_tune: bool) -> ModelConfig:
 
 
 def train_config() -> TrainConfig:
-    return load_section(TrainConfig, ROOT / "params.yaml").model_copy(update={"amp": "fp32"})
+    return load_section(TrainConfig, DEFAULT_PARAMS).model_copy(update={"amp": "fp32"})
 
 
 def train_a_little(tmp_path: Path, fine_tune: bool) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:

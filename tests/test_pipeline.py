@@ -7,32 +7,16 @@ changed, reruns only train and evaluate after a `train.*` change, and features o
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_PARAMS, write_params
+from tests.conftest import TINY_PARAMS, copy_project, write_params
+from tests.conftest import run_in as run
 
-ROOT = Path(__file__).resolve().parents[1]
 # the default architecture end to end here (the other tiny-project tests train sat, see TINY_PARAMS)
 SPATIAL = {"model": {"architecture": "spatial"}}
-TRACKED = ["pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
-
-def run(command: list[str], cwd: Path) -> str:
-    """Run a command in the copy, with this interpreter's environment first on the PATH."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com", "DVC_NO_ANALYTICS": "1"}
-    env.pop("PIPELINE_PARAMS", None)
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{output[-4000:]}"
-    return output
 
 
 def stages_run(output: str) -> set[str]:
@@ -41,19 +25,7 @@ def stages_run(output: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    copy = tmp_path_factory.mktemp("project")
-    for item in TRACKED:
-        source = ROOT / item
-        if source.is_dir():
-            shutil.copytree(source, copy / item, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (copy / item).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, copy / item)
-    write_params(copy, SPATIAL, tiny=True)
-    run(["git", "init", "-q"], copy)
-    run(["git", "add", "-A"], copy)
-    run(["git", "commit", "-qm", "tiny copy"], copy)
-    return copy
+    return copy_project(tmp_path_factory.mktemp("project"), SPATIAL)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,10 @@ def write_image(path: Path, garbage: bool = False) -> None:
 
 
 def make_config(tmp_path: Path, captions: Path, **overrides) -> DatasetConfig:
-    values = {"captions": str(captions), "images": str(tmp_path / "images"), "format": "auto", "split_files": None,
+    """A dataset config for files under `tmp_path`; dataset.split_dir an empty folder (no lists) unless overridden."""
+    (tmp_path / "no_lists").mkdir(exist_ok=True)
+    values = {"captions": str(captions), "images": str(tmp_path / "images"), "format": "auto",
+              "split_dir": str(tmp_path / "no_lists"),
               "split_ratios": {"train": 0.8, "val": 0.1, "test": 0.1}, "seed": 0, "captions_per_image": 5,
               "max_dropped_fraction": 1.0, "check_images": True, "table": str(tmp_path / "prepared" / "captions.csv"),
               "report": str(tmp_path / "prepared" / "report.json")}
@@ -100,17 +103,16 @@ def messy_token_dataset(tmp_path: Path) -> tuple[Path, dict[str, int], dict[str,
         write_image(tmp_path / "images" / image)
     write_image(tmp_path / "images" / D, garbage=True)
     lists = {"train": [A, C], "val": [B], "test": [D, F]}
-    split_files = {}
+    split_dir = tmp_path / "splits"
+    split_dir.mkdir()
     for split, images in lists.items():
-        path = tmp_path / f"Flickr_8k.{split}Images.txt"
-        path.write_text("\n".join(images) + "\n", encoding="utf-8")
-        split_files[split] = str(path)
-    return token, where, split_files
+        (split_dir / f"{split}.txt").write_text("\n".join(images) + "\n", encoding="utf-8")
+    return token, where, str(split_dir)
 
 
 def test_flickr8k_token_with_split_lists_drops_and_reports_every_problem(tmp_path):
-    token, where, split_files = messy_token_dataset(tmp_path)
-    prepared = prep.prepare(make_config(tmp_path, token, split_files=split_files))
+    token, where, split_dir = messy_token_dataset(tmp_path)
+    prepared = prep.prepare(make_config(tmp_path, token, split_dir=split_dir))
 
     expected_rows = (
         [(A, "train", c) for c in ["a child in a pink dress", "a girl going into a wooden building",
@@ -128,7 +130,7 @@ def test_flickr8k_token_with_split_lists_drops_and_reports_every_problem(tmp_pat
 
     report = prepared.report
     assert report["format"] == "flickr_token" and report["format_detected"]
-    assert report["split_source"] == "split_files"
+    assert report["split_source"] == "split_lists"
     dropped = report["dropped"]
     assert dropped["duplicate_caption"]["captions"] == 1
     assert dropped["duplicate_caption"]["examples"][0]["line"] == where["duplicate"]
@@ -169,8 +171,8 @@ def test_flickr8k_token_with_split_lists_drops_and_reports_every_problem(tmp_pat
 
 
 def test_check_images_false_keeps_undecodable_files(tmp_path):
-    token, _, split_files = messy_token_dataset(tmp_path)
-    prepared = prep.prepare(make_config(tmp_path, token, split_files=split_files, check_images=False))
+    token, _, split_dir = messy_token_dataset(tmp_path)
+    prepared = prep.prepare(make_config(tmp_path, token, split_dir=split_dir, check_images=False))
     assert [r for r in prepared.rows if r[0] == D] == [(D, "test", f"a damaged picture {n}") for n in range(3)]
     assert prepared.report["dropped"]["unreadable_image"]["captions"] == 0
 
@@ -389,16 +391,15 @@ def test_an_empty_val_split_from_split_lists_fails_and_names_the_list(tmp_path):
         write_image(tmp_path / "images" / image)
     token = tmp_path / "Flickr8k.token.txt"
     token.write_text(f"{A}#0\tA dog .\n{B}#0\tA cat .\n", encoding="utf-8")
-    lists = {"train": tmp_path / "train.txt", "val": tmp_path / "val.txt"}
-    lists["train"].write_text(f"{A}\n{B}\n", encoding="utf-8")
-    lists["val"].write_text("\n", encoding="utf-8")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "train.txt").write_text(f"{A}\n{B}\n", encoding="utf-8")
+    (tmp_path / "lists" / "val.txt").write_text("\n", encoding="utf-8")
     with pytest.raises(DatasetError) as raised:
-        prep.prepare(make_config(tmp_path, token, captions_per_image=1,
-                                 split_files={split: str(path) for split, path in lists.items()}))
+        prep.prepare(make_config(tmp_path, token, captions_per_image=1, split_dir=str(tmp_path / "lists")))
     message = str(raised.value)
     assert "\n" not in message
     assert "left the val split without captions" in message and "train 2, val 0, test 0" in message
-    assert "dataset.split_files.val" in message
+    assert f"val.txt of dataset.split_dir ({tmp_path / 'lists'})" in message
 
 
 def test_a_karpathy_file_without_val_images_fails(tmp_path):
@@ -440,12 +441,13 @@ def test_an_unreadable_captions_file_is_one_line_naming_it(tmp_path, name, data,
 
 def test_a_split_list_in_utf16_is_named(tmp_path):
     captions = demo_dataset(tmp_path, 3)
-    lists = {split: tmp_path / f"{split}.txt" for split in SPLITS}
+    (tmp_path / "lists").mkdir()
+    lists = {split: tmp_path / "lists" / f"{split}.txt" for split in SPLITS}
     for split, path in lists.items():
         path.write_text(f"img_0000{SPLITS.index(split)}.png\n", encoding="utf-8")
     lists["val"].write_text("img_00001.png\n", encoding="utf-16")
-    with pytest.raises(DatasetError, match=rf"^dataset\.split_files\.val '{lists['val']}': .*UTF-16"):
-        prep.prepare(make_config(tmp_path, captions, split_files={split: str(path) for split, path in lists.items()}))
+    with pytest.raises(DatasetError, match=rf"^dataset\.split_dir list '{lists['val']}': .*UTF-16"):
+        prep.prepare(make_config(tmp_path, captions, split_dir=str(tmp_path / "lists")))
 
 
 def test_missing_inputs_name_the_path_and_the_key(tmp_path):
@@ -465,8 +467,9 @@ def test_missing_inputs_name_the_path_and_the_key(tmp_path):
 
 
 def demo_params(tmp_path: Path) -> Path:
-    """The repository's params with the dataset section pointing at the files demo_dataset writes."""
-    return write_params(tmp_path, {"dataset": {"captions": "captions.txt", "images": "images",
+    """The default params with the dataset section pointing at the files demo_dataset writes (no split lists)."""
+    (tmp_path / "no_lists").mkdir(exist_ok=True)
+    return write_params(tmp_path, {"dataset": {"captions": "captions.txt", "images": "images", "split_dir": "no_lists",
                                                "split_ratios": {"train": 0.6, "val": 0.2, "test": 0.2}}})
 
 

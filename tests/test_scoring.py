@@ -45,3 +45,26 @@ def test_missing_java_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scoring.shutil, "which", lambda name: None)
     with pytest.raises(JavaError, match="default-jre-headless"):
         scoring.coco_scores({"1": ["a red circle"]}, {"1": "a red circle"})
+
+
+def test_tokenizer_gives_pycocoevalcaps_tokens() -> None:
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    captions = {"a": ["A dog's café, running!", "naïve   résumé -- ok.", "Two men (one in red) play."],
+                "b": ["", "It's 5:30 p.m. \"quoted\" & more ..."], "c": ["x"], "d": ["ends empty", ""]}
+    library = PTBTokenizer().tokenize({key: [{"caption": c} for c in texts] for key, texts in captions.items()})
+    assert scoring.ptb_tokenize(captions) == library
+    assert library["a"][0] == "a dog 's café running"  # what the library makes of it: lower case, no punctuation
+
+
+def test_a_line_break_inside_a_caption_stays_in_that_caption() -> None:
+    # the Java tokenizer reads one caption a line and takes \r, \u2028 and form feeds for line ends too
+    tokens = scoring.ptb_tokenize({"a": ["one\rtwo", "three\u2028four\x0cfive"], "b": ["six\nseven"]})
+    assert tokens == {"a": ["one two", "three four five"], "b": ["six seven"]}
+
+
+def test_scoring_writes_nothing_on_the_terminal(capfd: pytest.CaptureFixture[str]) -> None:
+    """The Java tokenizer's speed line (printed by its process on the inherited stderr) stays out of sight."""
+    scoring.coco_scores({"1": ["a red circle", "a circle"]}, {"1": "a red circle"})
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")

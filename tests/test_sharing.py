@@ -25,7 +25,7 @@ import yaml
 from botocore.client import BaseClient
 from moto.server import ThreadedMotoServer
 
-from tests.conftest import TINY_PARAMS
+from tests.conftest import write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "team"
@@ -166,11 +166,12 @@ def run_cached_stages(runs: Path, stages: dict[str, dict]) -> set[str]:
 
 
 def project_files() -> list[str]:
-    """Every file git tracks or would add in the repository, minus the results of a previous run."""
+    """Every file git tracks or would add in the repository, minus the results of a previous run and any
+    split list a user put in splits/ (the copy's dataset.split_dir: its README alone, no lists)."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split("\0")
     return [name for name in listed if name and name != "dvc.lock" and not name.startswith("metrics/")
-            and (ROOT / name).is_file()]
+            and not (name.startswith("splits/") and name != "splits/README.md") and (ROOT / name).is_file()]
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +201,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, dvc_env: dict[str, str]) -
     for name in project_files():
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, copy / name)
-    set_params(copy, TINY_PARAMS)
+    write_params(copy, tiny=True)  # the tests' defaults, never the working params.yaml
     run(["git", "init", "-q"], copy, dvc_env)
     run(["git", "add", "-A"], copy, dvc_env)
     run(["git", "commit", "-qm", "tiny copy"], copy, dvc_env)

@@ -22,7 +22,9 @@ def test_tiny_set_is_what_prepare_reads(tmp_path: Path) -> None:
             assert image.format == "JPEG" and image.mode == "RGB" and image.size in SIZES
             pixels = np.asarray(image, dtype=np.float32)
         assert pixels.std() > 10  # a picture, not a flat fill
-    config = DatasetConfig(captions=str(token), images=str(tmp_path / "images"), format="auto", split_files=None,
+    (tmp_path / "no_lists").mkdir()
+    config = DatasetConfig(captions=str(token), images=str(tmp_path / "images"), format="auto",
+                           split_dir=str(tmp_path / "no_lists"),
                            split_ratios={"train": 0.8, "val": 0.1, "test": 0.1}, seed=0, captions_per_image=5,
                            max_dropped_fraction=0.0, check_images=True, table=str(tmp_path / "captions.csv"),
                            report=str(tmp_path / "report.json"))

@@ -1,30 +1,61 @@
-"""Splits by image: the official split lists, and the seeded random split's sizes."""
+"""Splits by image: the split lists of dataset.split_dir, and the seeded random split's sizes."""
 from __future__ import annotations
 
 import pytest
 
 from pipeline.datasets.report import DatasetError
-from pipeline.datasets.splits import random_split, read_split_lists, split_sizes
+from pipeline.datasets.splits import random_split, read_split_lists, split_lists, split_sizes
 
 
 def test_split_lists_map_each_image_to_its_split(tmp_path):
     (tmp_path / "train.txt").write_text("a.jpg\n\nb.jpg\n", encoding="utf-8")
     (tmp_path / "val.txt").write_text("c.jpg\r\n", encoding="utf-8")
-    assert read_split_lists({"train": str(tmp_path / "train.txt"), "val": str(tmp_path / "val.txt")}) == \
-        {"a.jpg": "train", "b.jpg": "train", "c.jpg": "val"}
+    assert read_split_lists(split_lists(tmp_path)) == {"a.jpg": "train", "b.jpg": "train", "c.jpg": "val"}
 
 
 def test_an_image_in_two_split_lists_is_an_error(tmp_path):
     (tmp_path / "train.txt").write_text("a.jpg\nb.jpg\n", encoding="utf-8")
     (tmp_path / "val.txt").write_text("c.jpg\nb.jpg\n", encoding="utf-8")
     with pytest.raises(DatasetError, match="image 'b.jpg' is in both the train and the val lists"):
-        read_split_lists({"train": str(tmp_path / "train.txt"), "val": str(tmp_path / "val.txt")})
+        read_split_lists(split_lists(tmp_path))
 
 
-def test_missing_split_list_names_the_key(tmp_path):
-    (tmp_path / "train.txt").write_text("a.jpg\n", encoding="utf-8")
-    with pytest.raises(FileNotFoundError, match=r"dataset\.split_files\.test.*nowhere\.txt"):
-        read_split_lists({"train": str(tmp_path / "train.txt"), "test": str(tmp_path / "nowhere.txt")})
+def test_the_split_folder_holds_its_lists_by_name(tmp_path):
+    for split in ("test", "val", "train"):
+        (tmp_path / f"{split}.txt").write_text("a.jpg\n", encoding="utf-8")
+    (tmp_path / "README.md").write_text("notes\n", encoding="utf-8")  # not a list: ignored
+    (tmp_path / "flickr8k").mkdir()  # nor is a folder of other lists
+    (tmp_path / "flickr8k" / "train.txt").write_text("b.jpg\n", encoding="utf-8")
+    assert split_lists(tmp_path) == {split: tmp_path / f"{split}.txt" for split in ("test", "train", "val")}
+
+
+def test_a_split_folder_without_lists_means_no_lists(tmp_path):
+    (tmp_path / "README.md").write_text("no lists here\n", encoding="utf-8")
+    assert split_lists(tmp_path) == {}
+
+
+def test_a_list_under_another_name_is_refused_not_ignored(tmp_path):
+    for name in ("Flickr_8k.trainImages.txt", "Flickr_8k.devImages.txt"):
+        (tmp_path / name).write_text("a.jpg\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"holds 'Flickr_8k\.devImages\.txt' \(and 1 more\): split lists there "
+                                           r"are named train\.txt, val\.txt and test\.txt"):
+        split_lists(tmp_path)
+
+
+@pytest.mark.parametrize("present, missing", [(["test"], "train.txt and val.txt"), (["train", "test"], "val.txt")])
+def test_lists_without_train_and_val_are_refused(tmp_path, present, missing):
+    for split in present:
+        (tmp_path / f"{split}.txt").write_text("a.jpg\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=f"but no {missing}: training needs train and val lists"):
+        split_lists(tmp_path)
+
+
+def test_a_missing_split_folder_names_the_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"^dataset\.split_dir: split list folder '.*nowhere' not found"):
+        split_lists(tmp_path / "nowhere")
+    (tmp_path / "a_file").write_text("x", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="is a file, not a folder"):
+        split_lists(tmp_path / "a_file")
 
 
 @pytest.mark.parametrize("num_images, ratios, expected", [

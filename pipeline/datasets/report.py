@@ -24,8 +24,8 @@ DROPPED = {
     "malformed_line": "fix or remove those lines, or set dataset.format if '{format}' is not the file's format",
     "missing_image": "the captions name images that are not under dataset.images ({images}); "
                      "point dataset.images at the right folder or add the images",
-    "image_not_in_any_split": "add those images to one of the lists in dataset.split_files, "
-                              "or set dataset.split_files to null for a random split",
+    "image_not_in_any_split": "add those images to one of the lists in dataset.split_dir ({split_dir}), "
+                              "or set dataset.split_dir to a folder without lists (splits) for a random split",
     "split_conflict": "the same image is listed in two splits; keep one entry per image",
     "unreadable_image": "replace or delete the damaged image files (or set dataset.check_images to false)",
     "empty_caption": "those captions are empty once punctuation is removed; fill them in or remove the lines",
@@ -95,6 +95,7 @@ def build_report(config: DatasetConfig, fmt: str, split_source: str, lines_read:
         "format": fmt,
         "format_detected": config.format == "auto",
         "split_source": split_source,
+        "split_dir": config.split_dir,
         "check_images": config.check_images,
         "lines_read": lines_read,
         "dropped_captions": dropped,
@@ -127,7 +128,8 @@ def check_dropped(report: dict[str, Any]) -> None:
     details = []
     for count, reason in reasons[:3]:
         examples = json.dumps(report["dropped"][reason]["examples"][:3])
-        advice = DROPPED[reason].format(format=report["format"], images=report["images"])
+        advice = DROPPED[reason].format(format=report["format"], images=report["images"],
+                                        split_dir=report["split_dir"])
         details.append(f"{reason}: {count} captions, e.g. {examples} -> {advice}")
     advice = ("Fix the data" if everything else
               "Fix the data, or raise dataset.max_dropped_fraction if this loss is expected")
@@ -140,11 +142,11 @@ def check_splits(report: dict[str, Any]) -> None:
     if not empty:
         return
     source = report["split_source"]
-    if source == "split_files":
-        advice = f"list images that have captions in dataset.split_files.{empty[0]}"
+    if source == "split_lists":
+        advice = f"list images that have captions in {empty[0]}.txt of dataset.split_dir ({report['split_dir']})"
     elif source == "karpathy":
         advice = (f"the file names no {empty[0]} images, or all of them were dropped (missing, unreadable or "
-                  f"without captions); add them, or set dataset.split_files")
+                  f"without captions); add them, or give split lists in dataset.split_dir")
     else:
         advice = (f"{report['total']['images']} images are too few for dataset.split_ratios to give every split one; "
                   f"add images")

@@ -1,4 +1,4 @@
-"""Splits by image: the official split lists, or a seeded random split with the configured ratios."""
+"""Splits by image: the split lists in `dataset.split_dir`, or a seeded random split with the configured ratios."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -10,26 +10,50 @@ from pipeline.config import SPLITS
 from pipeline.datasets.formats import decode_text
 from pipeline.datasets.report import DatasetError
 
+LIST_SUFFIX = ".txt"  # a split list is <split>.txt in dataset.split_dir
 
-def read_split_lists(split_files: dict[str, str]) -> dict[str, str]:
-    """Map each image named in the split list files to its split; an image in two lists is an error."""
+
+def split_lists(split_dir: str | Path) -> dict[str, Path]:
+    """The split lists in `split_dir`: {split: path} of its train.txt, val.txt and test.txt ({} for none).
+
+    Another `.txt` file there is an error (a list under its download name would otherwise be ignored
+    and the split silently made at random), as are lists without both train.txt and val.txt.
+    """
+    folder = Path(split_dir)
+    if not folder.is_dir():
+        problem = "is a file, not a folder" if folder.exists() else "not found"
+        raise FileNotFoundError(f"dataset.split_dir: split list folder '{folder}' {problem}; fix the path in "
+                                f"params.yaml (relative to the project root), or set it to splits (no lists)")
+    wanted = {f"{split}{LIST_SUFFIX}": split for split in SPLITS}
+    texts = sorted(entry.name for entry in folder.iterdir() if entry.suffix == LIST_SUFFIX and entry.is_file())
+    others = [name for name in texts if name not in wanted]
+    if others:
+        raise DatasetError(f"dataset.split_dir '{folder}' holds '{others[0]}'"
+                           f"{f' (and {len(others) - 1} more)' if len(others) > 1 else ''}: split lists there are "
+                           f"named train.txt, val.txt and test.txt; rename it to one of them or move it out")
+    lists = {wanted[name]: folder / name for name in texts}
+    if lists and not {"train", "val"} <= set(lists):
+        missing = " and ".join(f"{split}{LIST_SUFFIX}" for split in ("train", "val") if split not in lists)
+        raise DatasetError(f"dataset.split_dir '{folder}' holds {', '.join(sorted(n.name for n in lists.values()))} "
+                           f"but no {missing}: training needs train and val lists (test.txt is optional)")
+    return lists
+
+
+def read_split_lists(lists: dict[str, Path]) -> dict[str, str]:
+    """Map each image named in the split lists ({split: file}) to its split; an image in two lists is an error."""
     split_of: dict[str, str] = {}
-    for split, path in split_files.items():
-        file = Path(path)
-        if not file.is_file():
-            raise FileNotFoundError(f"dataset.split_files.{split}: '{file}' not found; fix the path in params.yaml "
-                                    f"or set dataset.split_files to null for a random split")
+    for split, file in lists.items():
         try:
             lines = decode_text(file.read_bytes()).lines
         except DatasetError as error:
-            raise DatasetError(f"dataset.split_files.{split} '{file}': {error}") from error
+            raise DatasetError(f"dataset.split_dir list '{file}': {error}") from error
         for line in lines:
             image = line.strip()
             if not image:
                 continue
             if split_of.setdefault(image, split) != split:
                 raise DatasetError(f"image '{image}' is in both the {split_of[image]} and the {split} lists of "
-                                   f"dataset.split_files; an image belongs to one split")
+                                   f"dataset.split_dir ({file.parent}); an image belongs to one split")
     return split_of
 
 def split_sizes(num_images: int, ratios: dict[str, float]) -> dict[str, int]:

@@ -1,24 +1,24 @@
-"""Trivial baselines a captioner must beat, scored exactly like `evaluate`.
+"""Trivial baselines a captioner must beat, scored exactly like `evaluate` (the command that prints them:
+`python -m pipeline.commands.baselines`).
 
-    python -m pipeline.evaluation.baselines [--candidates 20] [--out metrics/baselines.json]
-
-- most frequent: the training caption that occurs most often, given to every test image;
-- best constant: of the `--candidates` most frequent training captions, the one with the highest
-  CIDEr on the validation split, given to every test image.
+- most frequent: the training caption that occurs most often, given to every evaluated image;
+- best constant: of the `candidates` most frequent training captions, the one with the highest
+  CIDEr on the validation split, given to every evaluated image.
 A model whose BLEU is close to these has learnt the caption prior, not the images; CIDEr, which
 weighs words by how specific they are to an image, separates them.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from pipeline.config import DatasetConfig, EvaluateConfig, load_section
-from pipeline.datasets.table import read_captions, references_by_image
+import pandas as pd
+
+from pipeline.datasets.table import references_by_image
+from pipeline.errors import InputError
 from pipeline.evaluation.scoring import coco_scores
-from pipeline.files import write_json
 
 
 def constant_scores(references: dict[str, list[str]], caption: str) -> dict[str, float]:
@@ -33,30 +33,19 @@ def best_constant(references: dict[str, list[str]], candidates: Sequence[str]) -
     return caption, cider
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluation.baselines", description=__doc__.split("\n")[0])
-    parser.add_argument("--candidates", type=int, default=20, help="most frequent training captions to try")
-    parser.add_argument("--out", help="also write the scores to this JSON file")
-    args = parser.parse_args(argv)
-    dataset, evaluate = load_section(DatasetConfig), load_section(EvaluateConfig)
-    table = read_captions(dataset.table)
+def trivial_baselines(table: pd.DataFrame, split: str, candidates: int,
+                      source: str | Path) -> dict[str, dict[str, Any]]:
+    """{"most_frequent": {caption, metrics...}, "best_constant": {caption, val_cider, metrics...}} on `split`
+    of the prepared table (read from `source`, named in errors)."""
     counts = Counter(table[table["split"] == "train"]["caption"])
-    if not counts:
-        print(f"baselines: {dataset.table} has no training captions", file=sys.stderr)
-        return 1
-    test = references_by_image(table[table["split"] == evaluate.split])
+    for split_name, present in (("train", bool(counts)), ("val", (table["split"] == "val").any()),
+                                (split, (table["split"] == split).any())):
+        if not present:
+            raise InputError(f"{source} has no {split_name} captions; check the prepare stage's report "
+                             f"(dataset.report) and rerun `dvc repro prepare`")
+    evaluated = references_by_image(table[table["split"] == split])
     val = references_by_image(table[table["split"] == "val"])
     frequent = counts.most_common(1)[0][0]
-    chosen, val_cider = best_constant(val, [c for c, _ in counts.most_common(args.candidates)])
-    results = {"most_frequent": {"caption": frequent, **constant_scores(test, frequent)},
-               "best_constant": {"caption": chosen, "val_cider": val_cider, **constant_scores(test, chosen)}}
-    for name, scores in results.items():
-        shown = ", ".join(f"{k} {scores[k]:.3f}" for k in ("bleu1", "bleu4", "meteor", "rouge_l", "cider"))
-        print(f"{name} ({scores['caption']!r}) on {evaluate.split}: {shown}")
-    if args.out:
-        write_json(args.out, results)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    chosen, val_cider = best_constant(val, [caption for caption, _ in counts.most_common(candidates)])
+    return {"most_frequent": {"caption": frequent, **constant_scores(evaluated, frequent)},
+            "best_constant": {"caption": chosen, "val_cider": val_cider, **constant_scores(evaluated, chosen)}}

@@ -121,7 +121,7 @@ def main() -> None:
     table = read_captions(dataset.table, config.split)
     if table.empty:
         raise InputError(f"no {config.split} captions in {dataset.table}; check evaluate.split and "
-                         "dataset.split_ratios / split_files")
+                         "dataset.split_ratios / split_dir")
     references = references_by_image(table)
     names = sorted(references)
     boxes = object_boxes(config, names, Path(dataset.images))  # read before the slow part, not after it

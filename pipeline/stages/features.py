@@ -2,7 +2,10 @@
 
 Inputs: the prepared table `dataset.table` (its unique images, sorted by name) and
 the image files under `dataset.images`. Output: `encoder.cache` (features.h5), an (N, P, E) array
-with the image names and the encoder's provenance (layout in pipeline/encoder/feature_cache.py).
+with the image names and the encoder's provenance (layout in pipeline/encoder/feature_cache.py),
+including `demo_dataset`: whether `dataset.images` lies in `shapes.out_dir`. With `encoder.weights:
+none` on images that are not the demo's, the stage says once that the encoder is untrained (the train
+stage copies these attrs into the checkpoint, so the commands can say it too).
 
     python -m pipeline.stages.features                           # one process, on the GPU when there is one
     torchrun --nproc_per_node 4 -m pipeline.stages.features      # 4 processes, each encoding its own share
@@ -21,6 +24,7 @@ output before a rerun.)
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.cli import run
-from pipeline.config import DatasetConfig, EncoderConfig, load_section
+from pipeline.config import DatasetConfig, EncoderConfig, ShapesConfig, load_section
 from pipeline.datasets.table import read_captions
 from pipeline.encoder.decoding import gpu_decode_wanted
 from pipeline.encoder.extraction import (
@@ -43,7 +47,7 @@ from pipeline.encoder.extraction import (
     share,
 )
 from pipeline.encoder.feature_cache import feature_bytes
-from pipeline.encoder.resnet import FEATURE_DIM, STRIDE, build_encoder, encoder_info
+from pipeline.encoder.resnet import DEMO_ATTR, FEATURE_DIM, STRIDE, build_encoder, encoder_info, untrained_notice
 from pipeline.files import full_disk_reported, require_free_space, with_margin
 from pipeline.identity import stage_identity
 from pipeline.runtime import (
@@ -63,6 +67,12 @@ def read_image_list(table: str | Path) -> list[str]:
     return names
 
 
+def is_demo(images: str | Path, demo_dir: str | Path) -> bool:
+    """Whether the images are the built-in demo's: `dataset.images` lies in `shapes.out_dir` (the rule the
+    shapes stage applies to `dataset.captions`)."""
+    return Path(demo_dir).resolve() in Path(images).resolve().parents
+
+
 def main() -> None:
     dataset = load_section(DatasetConfig)
     config = load_section(EncoderConfig)
@@ -73,7 +83,11 @@ def main() -> None:
     encoder = build_encoder(config.weights).to_device(device, precision)
     gpu_decode = gpu_decode_wanted(device)
     attrs = {**encoder_info(config.weights, config.image_size, precision), "dtype": config.dtype,
-             "image_decoder": "nvjpeg for plain JPEGs, else cpu" if gpu_decode else "cpu"}
+             "image_decoder": "nvjpeg for plain JPEGs, else cpu" if gpu_decode else "cpu",
+             DEMO_ATTR: is_demo(dataset.images, load_section(ShapesConfig).out_dir)}
+    notice = untrained_notice(attrs)
+    if notice and rank == 0:
+        print(f"features: {notice}", file=sys.stderr, flush=True)
     num_regions = (config.image_size // STRIDE) ** 2
     out = Path(config.cache)
 

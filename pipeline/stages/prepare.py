@@ -13,13 +13,15 @@ Reads `dataset.captions` in one of the formats below (`dataset.format: auto` det
 Formats: Flickr token files, CSV with a header, Flickr30k's pipe-separated `results.csv`, and the
 Karpathy split JSON (the list, with examples, is in pipeline/datasets/formats.py).
 
-Splits are by image, never by caption: from `dataset.split_files` when given, else from the Karpathy
-JSON, else a seeded random split of the images with `dataset.split_ratios`. When the dropped captions
-exceed `dataset.max_dropped_fraction` of the caption lines read, none of the images the captions
-name is in the image folder, or the train or val split is left without captions, the stage fails
-and writes nothing. With `dataset.check_images`, every
-image is decoded by the encoder's rule (pipeline/encoder/images.py `check_image`), so an image that
-would stop `features` is dropped here instead and counted as `unreadable_image`.
+Splits are by image, never by caption: from the split lists in `dataset.split_dir` (train.txt,
+val.txt, test.txt; the folder is a dep in dvc.yaml, so editing a list reruns the stage) when it
+holds them, else from the Karpathy JSON, else a seeded random split of the images with
+`dataset.split_ratios`. When the dropped captions exceed `dataset.max_dropped_fraction` of the
+caption lines read, none of the images the captions name is in the image folder, or the train or
+val split is left without captions, the stage fails and writes nothing. With
+`dataset.check_images`, every image is decoded by the encoder's rule (pipeline/encoder/images.py
+`check_image`), so an image that would stop `features` is dropped here instead and counted as
+`unreadable_image`.
 
 Run: `python -m pipeline.stages.prepare` (reads params.yaml, or the file named by $PIPELINE_PARAMS).
 """
@@ -47,7 +49,7 @@ from pipeline.datasets.report import (
     no_images_found,
     summary,
 )
-from pipeline.datasets.splits import random_split, read_split_lists
+from pipeline.datasets.splits import random_split, read_split_lists, split_lists
 from pipeline.datasets.table import write_captions
 from pipeline.encoder.images import unreadable_images
 from pipeline.files import atomic_paths, json_text, list_files
@@ -77,6 +79,7 @@ def check_inputs(config: DatasetConfig) -> tuple[Path, Path]:
 def prepare(config: DatasetConfig) -> Prepared:
     """Read, check, clean and split the dataset; raise DatasetError when too much is dropped."""
     captions_path, images_dir = check_inputs(config)
+    lists = split_lists(config.split_dir)
     problems = Problems()
     try:
         text = decode_text(captions_path.read_bytes())
@@ -92,8 +95,8 @@ def prepare(config: DatasetConfig) -> Prepared:
         raise no_images_found(config.captions, config.images, named, available)
     records = drop_images(records, {r.image: None for r in records if r.image not in available},
                           "missing_image", problems)
-    split_of = read_split_lists(config.split_files) if config.split_files else None
-    split_source = "split_files" if split_of is not None else "karpathy" if fmt == "karpathy" else "random"
+    split_of = read_split_lists(lists) if lists else None
+    split_source = "split_lists" if split_of is not None else "karpathy" if fmt == "karpathy" else "random"
     if split_source != "random":
         records = resolve_splits(records, split_of, problems)
     if config.check_images:

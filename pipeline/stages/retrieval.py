@@ -73,7 +73,7 @@ def main() -> None:
     references = references_by_image(read_captions(dataset.table, evaluate_config.split))
     if not references:
         raise InputError(f"no {evaluate_config.split} captions in {dataset.table}; check evaluate.split and "
-                         "dataset.split_ratios / split_files")
+                         "dataset.split_ratios / split_dir")
     names = sorted(references)
     store = FeatureStore(encoder_config.cache)
     check_features(model, payload["encoder"], store.path, store.attrs, store.feature_dim)

@@ -53,7 +53,7 @@ def load_training_data(table: Path, vocabulary: Vocabulary, cache: Path, max_wor
     train, val = captions[captions["split"] == "train"], captions[captions["split"] == "val"]
     if train.empty or val.empty:
         raise InputError(f"{table} needs train and val captions (early stopping uses val); "
-                         "check dataset.split_ratios / split_files")
+                         "check dataset.split_ratios / split_dir")
     features = FeatureMatrix(store, pd.concat([train, val])["image"], device)
     return TrainingData(vocabulary, store, features, encode_captions(train, vocabulary, features.rows, max_words),
                         encode_captions(val, vocabulary, features.rows, max_words), references_by_image(train),
