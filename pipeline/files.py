@@ -229,6 +229,12 @@ def save_torch(path: str | Path, payload: Any, key: str | None = None) -> None:
         torch.save(payload, handle)
 
 
+def lies_in(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` lies inside `folder` (links resolved): how the stages tell the built-in demo's data,
+    which lies in `shapes.out_dir`, from a real dataset."""
+    return Path(folder).resolve() in Path(path).resolve().parents
+
+
 def list_files(folder: Path) -> set[str]:
     """Every file under `folder`, as a '/'-separated path relative to it.
 

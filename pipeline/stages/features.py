@@ -48,7 +48,7 @@ from pipeline.encoder.extraction import (
 )
 from pipeline.encoder.feature_cache import feature_bytes
 from pipeline.encoder.resnet import DEMO_ATTR, FEATURE_DIM, STRIDE, build_encoder, encoder_info, untrained_notice
-from pipeline.files import full_disk_reported, require_free_space, with_margin
+from pipeline.files import full_disk_reported, lies_in, require_free_space, with_margin
 from pipeline.identity import stage_identity
 from pipeline.runtime import (
     follow_rank_zero,
@@ -67,12 +67,6 @@ def read_image_list(table: str | Path) -> list[str]:
     return names
 
 
-def is_demo(images: str | Path, demo_dir: str | Path) -> bool:
-    """Whether the images are the built-in demo's: `dataset.images` lies in `shapes.out_dir` (the rule the
-    shapes stage applies to `dataset.captions`)."""
-    return Path(demo_dir).resolve() in Path(images).resolve().parents
-
-
 def main() -> None:
     dataset = load_section(DatasetConfig)
     config = load_section(EncoderConfig)
@@ -84,7 +78,7 @@ def main() -> None:
     gpu_decode = gpu_decode_wanted(device)
     attrs = {**encoder_info(config.weights, config.image_size, precision), "dtype": config.dtype,
              "image_decoder": "nvjpeg for plain JPEGs, else cpu" if gpu_decode else "cpu",
-             DEMO_ATTR: is_demo(dataset.images, load_section(ShapesConfig).out_dir)}
+             DEMO_ATTR: lies_in(dataset.images, load_section(ShapesConfig).out_dir)}
     notice = untrained_notice(attrs)
     if notice and rank == 0:
         print(f"features: {notice}", file=sys.stderr, flush=True)

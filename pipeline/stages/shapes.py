@@ -29,7 +29,7 @@ from tqdm import tqdm
 from pipeline.cli import run
 from pipeline.config import DEMO_COLOURS, DatasetConfig, ShapesConfig, load_section
 from pipeline.errors import ConfigError
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, lies_in
 
 BACKGROUND = (60, 60, 60)
 MAX_PLACEMENT_TRIES = 200
@@ -157,7 +157,7 @@ def generate(config: ShapesConfig, out_dir: Path) -> dict[str, list[ShapeObject]
 
 def is_demo(config: ShapesConfig, captions: str) -> bool:
     """Whether the dataset in use is this demo: its captions file lies in the demo's folder."""
-    return Path(config.out_dir).resolve() in Path(captions).resolve().parents
+    return lies_in(captions, config.out_dir)
 
 
 def main() -> None:
