@@ -14,7 +14,9 @@ the range):
   target's baseline), and against the tutorial's one-image search (caption.py's way, no target: a
   different search), with what batching can gain on this machine (benchmarks/beam_bench.py);
 - streaming: our loop with the features streamed from a cache larger than the memory cap the
-  benchmark sets, against resident features.
+  benchmark sets, against resident features;
+- read check: the features read with the per-row CRC-32 check against the same reads without it,
+  the resident load and streamed batches (benchmarks/read_bench.py).
 Targets from the speed issue; benchmarks/README.md records results and docs/speed.md reads them.
 
 OpenMP threads that wait for each other sleep here (OMP_WAIT_POLICY=PASSIVE, unless the environment
@@ -37,14 +39,17 @@ from benchmarks.beam_bench import bench_beam, measure_ceiling
 from benchmarks.common import machine_line, spread
 from benchmarks.features_bench import bench_features
 from benchmarks.prepare_bench import bench_prepare
+from benchmarks.read_bench import bench_read
 from benchmarks.training_bench import bench_training
 from benchmarks.tutorial import check_same_maths
 
 TARGETS = {"features": 0.9, "training": 3.0, "beam": 10.0, "streaming": 0.8}
 FULL = {"feature_images": 96, "feature_repeats": 2, "train_images": 400, "train_captions": 128,
-        "train_repeats": 2, "beam_images": 40, "beam_repeats": 2, "ceiling_rounds": 5, "prepare_images": 31_783}
+        "train_repeats": 2, "read_images": 400, "read_repeats": 3, "beam_images": 40, "beam_repeats": 2,
+        "ceiling_rounds": 5, "prepare_images": 31_783}
 QUICK = {"feature_images": 64, "feature_repeats": 1, "train_images": 100, "train_captions": 32,
-         "train_repeats": 1, "beam_images": 8, "beam_repeats": 1, "ceiling_rounds": 1, "prepare_images": 2_000}
+         "train_repeats": 1, "read_images": 100, "read_repeats": 1, "beam_images": 8, "beam_repeats": 1,
+         "ceiling_rounds": 1, "prepare_images": 2_000}
 
 
 def row(what: str, ours: str, baseline: str, ratio: tuple[float, float, float], target: float | None) -> str:
@@ -98,6 +103,20 @@ def main() -> None:
                      f"{streaming['cap MB']:.0f} MB, tokens/s", f"{streaming['streamed tokens/s']:.0f}",
                      f"{streaming['resident tokens/s']:.0f}", streaming["ratio"], TARGETS["streaming"]))
     print(f"training done ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    read = bench_read(size["read_images"], 64, size["train_captions"], size["read_repeats"])
+    for path, what, unit in (("resident", f"resident load of {read['cache MB']:.0f} MB", "GB/s"),
+                             ("streamed", f"{read['batches']} streamed batches of {read['batch']} rows", "GB/s"),
+                             ("epoch", f"training epoch on streamed features, {read['captions']} captions",
+                              "tokens/s")):
+        shown = (lambda value: f"{value:.2f}") if unit == "GB/s" else (lambda value: f"{value:.0f}")
+        lines.append(row(f"features read with vs without the CRC check, {what}, {unit}",
+                         shown(read[f"{path} {unit}"]), shown(read[f"{path} unchecked {unit}"]), read[f"{path} ratio"],
+                         None))
+    notes.append(f"read check: CRC-32 alone {read['crc GB/s']:.1f} GB/s on one core; the check adds "
+                 f"{1 / read['resident ratio'][0] - 1:.0%} to the time of the resident load and "
+                 f"{1 / read['streamed ratio'][0] - 1:.0%} to streamed reads (page-cache reads, no read-ahead), "
+                 f"{1 / read['epoch ratio'][0] - 1:.0%} to a training epoch on streamed features")
 
     beam = bench_beam(size["beam_images"], 5, size["beam_repeats"])
     lines.append(row(f"beam 5, {beam['images']} images at once vs one at a time, same search (target's baseline), "

@@ -41,7 +41,7 @@ from pipeline.config import (
 from pipeline.datasets.table import read_captions, references_by_image
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 from pipeline.evaluation.scoring import coco_scores
 from pipeline.files import save_torch
 from pipeline.identity import stage_identity
@@ -55,7 +55,7 @@ from pipeline.runtime import (
     start_processes,
     stop_processes,
 )
-from pipeline.text import Vocabulary
+from pipeline.text import Vocabulary, tokenize
 from pipeline.training.batches import bucket_batches, encode_captions
 from pipeline.training.compiled import compile_decoder, try_compiled
 from pipeline.training.epoch_log import EpochLog
@@ -82,6 +82,19 @@ class NoUpdate:
 def improved(score: float, best: float | None, criterion: str) -> bool:
     """Whether `score` beats `best` under the early-stopping criterion (loss falls, the others rise)."""
     return best is None or (score < best if criterion == "loss" else score > best)
+
+
+def captions_cut(captions: pd.Series, max_words: int) -> int:
+    """How many captions have more than `max_words` words; ConfigError when that is most of them (the model
+    would learn to stop mid-caption), naming the length that keeps 95% of them whole."""
+    words = captions.map(lambda caption: len(tokenize(caption)))
+    cut = int((words > max_words).sum())
+    if 2 * cut > len(words):
+        whole = int(words.quantile(0.95, interpolation="higher"))
+        raise ConfigError(f"model.max_caption_length is {max_words} but {cut:,} of {len(words):,} training captions "
+                          f"are longer and would be cut: the model would learn to stop mid-caption; set it to at "
+                          f"least {whole} (95% of the captions fit)")
+    return cut
 
 
 def resume_state(path: Path, identity: str, config: TrainConfig, best_path: Path) -> tuple[dict | None, str]:
@@ -140,15 +153,15 @@ def fit(dataset: DatasetConfig, vocab_config: VocabConfig, embeddings_config: Em
     if train_table.empty or val_table.empty:
         raise InputError(f"{dataset.table} needs train and val captions (early stopping uses val); "
                          "check dataset.split_ratios / split_files")
+    cut = captions_cut(train_table["caption"], model_config.max_caption_length)  # before the features load
     features = FeatureMatrix(store, pd.concat([train_table, val_table])["image"], device)
     clock["features"] = time.perf_counter()
     max_words = model_config.max_caption_length
     train_set = encode_captions(train_table, vocabulary, features.rows, max_words)
     val_set = encode_captions(val_table, vocabulary, features.rows, max_words)
-    cut = int((train_set.lengths >= max_words + 2).sum())  # START + max_words + END: reached the limit
     if cut:
-        say(f"train: {cut} of {len(train_set)} training captions reach model.max_caption_length = {max_words} "
-            f"words and are cut there")
+        say(f"train: {cut} of {len(train_set)} training captions are longer than model.max_caption_length = "
+            f"{max_words} words and are cut there")
     val_batches = bucket_batches(val_set.lengths, config.batch_size * world_size, torch.Generator().manual_seed(0))
     val_references = references_by_image(val_table)
     val_names = sorted(val_references)
