@@ -60,6 +60,24 @@ def row(what: str, ours: str, baseline: str, ratio: tuple[float, float, float], 
     return f"| {what} | {ours} | {baseline} | {spread(*ratio)} | >= {target:g}x | {met} |"
 
 
+def read_check_rows(read: dict[str, object]) -> tuple[list[str], str]:
+    """The table rows and the note of `bench_read`'s results: the features read with and without the CRC check."""
+    lines = []
+    for path, what, unit in (("resident", f"resident load of {read['cache MB']:.0f} MB", "GB/s"),
+                             ("streamed", f"{read['batches']} streamed batches of {read['batch']} rows", "GB/s"),
+                             ("epoch", f"training epoch on streamed features, {read['captions']} captions",
+                              "tokens/s")):
+        digits = 2 if unit == "GB/s" else 0
+        lines.append(row(f"features read with vs without the CRC check, {what}, {unit}",
+                         f"{read[f'{path} {unit}']:.{digits}f}", f"{read[f'{path} unchecked {unit}']:.{digits}f}",
+                         read[f"{path} ratio"], None))
+    note = (f"read check: CRC-32 alone {read['crc GB/s']:.1f} GB/s on one core; the check adds "
+            f"{1 / read['resident ratio'][0] - 1:.0%} to the time of the resident load and "
+            f"{1 / read['streamed ratio'][0] - 1:.0%} to streamed reads (page-cache reads, no read-ahead), "
+            f"{1 / read['epoch ratio'][0] - 1:.0%} to a training epoch on streamed features")
+    return lines, note
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat: checks that it all runs")
@@ -104,19 +122,10 @@ def main() -> None:
                      f"{streaming['resident tokens/s']:.0f}", streaming["ratio"], TARGETS["streaming"]))
     print(f"training done ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    read = bench_read(size["read_images"], 64, size["train_captions"], size["read_repeats"])
-    for path, what, unit in (("resident", f"resident load of {read['cache MB']:.0f} MB", "GB/s"),
-                             ("streamed", f"{read['batches']} streamed batches of {read['batch']} rows", "GB/s"),
-                             ("epoch", f"training epoch on streamed features, {read['captions']} captions",
-                              "tokens/s")):
-        shown = (lambda value: f"{value:.2f}") if unit == "GB/s" else (lambda value: f"{value:.0f}")
-        lines.append(row(f"features read with vs without the CRC check, {what}, {unit}",
-                         shown(read[f"{path} {unit}"]), shown(read[f"{path} unchecked {unit}"]), read[f"{path} ratio"],
-                         None))
-    notes.append(f"read check: CRC-32 alone {read['crc GB/s']:.1f} GB/s on one core; the check adds "
-                 f"{1 / read['resident ratio'][0] - 1:.0%} to the time of the resident load and "
-                 f"{1 / read['streamed ratio'][0] - 1:.0%} to streamed reads (page-cache reads, no read-ahead), "
-                 f"{1 / read['epoch ratio'][0] - 1:.0%} to a training epoch on streamed features")
+    read_lines, read_note = read_check_rows(bench_read(size["read_images"], 64, size["train_captions"],
+                                                       size["read_repeats"]))
+    lines += read_lines
+    notes.append(read_note)
 
     beam = bench_beam(size["beam_images"], 5, size["beam_repeats"])
     lines.append(row(f"beam 5, {beam['images']} images at once vs one at a time, same search (target's baseline), "

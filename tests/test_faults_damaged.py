@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import h5py
 import pandas as pd
 import pytest
 import torch
@@ -144,3 +145,30 @@ def test_a_damaged_photo_index_is_refused_then_mended_by_the_next_update(trained
     assert "1 photos' features" in caplog.text and "img_00001.png" in caplog.text
     hits = Searcher(captioner.model, captioner.vocabulary, open_index(index), CPU).search("a red circle")
     assert sorted(hit.name for hit in hits) == ["img_00000.png", "img_00001.png", "img_00002.png"]
+
+
+@pytest.mark.parametrize("damage", ["cut off", "no checksums"])
+def test_a_photo_index_that_cannot_be_checked_is_encoded_again(trained_project: Path, tmp_path: Path, damage: str,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture,
+                                                               caplog: pytest.LogCaptureFixture, one_thread: None) -> None:
+    monkeypatch.chdir(trained_project)
+    monkeypatch.delenv("PIPELINE_PARAMS", raising=False)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for image in sorted((trained_project / "data/shapes/images").glob("*.png"))[:2]:
+        shutil.copy(image, photos / image.name)
+    captioner = PhotoCaptioner(trained_project / "data/train/best.pt", CPU)
+    update_index(captioner, photos, show_progress=False)
+    features = photos / ".caption-index" / "features.h5"
+    if damage == "cut off":
+        features.write_bytes(features.read_bytes()[:len(features.read_bytes()) // 2])
+    else:
+        with h5py.File(features, "r+") as file:  # as an index made before checksums were written
+            del file["row_crc32"]
+    capsys.readouterr()
+    report = update_index(captioner, photos, show_progress=False)
+    assert (report.photos, report.encoded) == (2, 2)
+    said = capsys.readouterr()
+    assert f"{features} cannot be kept: it " in said.out + said.err + caplog.text  # printed or logged
+    assert FeatureStore(features).checksums is not None and len(open_index(photos / ".caption-index")) == 2

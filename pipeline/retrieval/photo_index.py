@@ -12,9 +12,9 @@ again, removed or changed ones leave the index, new ones are encoded into a part
 done mask (`pipeline.encoder.extraction`) that an interrupted run continues, then merged into a new
 features.h5 by the features stage's writer (`write_cache`: every row with its checksum, the file
 verified before it replaces the old one atomically). Rows of the old features.h5 that no longer
-match their checksums are encoded again; search refuses them. captions.json is written last: an index whose
-captions do not cover its features is incomplete and `open_index` says so. Files that cannot be
-decoded are skipped and listed; files without an image suffix are counted and left alone.
+match their checksums are encoded again; search refuses them. captions.json is written last: an
+index whose captions do not cover its features is incomplete and `open_index` says so. Files that
+cannot be decoded are skipped and listed; files without an image suffix are counted and left alone.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from pipeline.encoder.extraction import DONE, ImageFiles, names_sha256, open_partial, write_cache, write_rows
-from pipeline.encoder.feature_cache import IMAGES, FeatureStore, unwritten_rows
+from pipeline.encoder.feature_cache import IMAGES, FeatureStore, FeatureStoreError, unwritten_rows
 from pipeline.encoder.resnet import file_sha256
 from pipeline.errors import InputError
 from pipeline.files import list_files, write_json
@@ -113,14 +113,17 @@ def indexed_names(features: Path, attrs: dict[str, Any]) -> tuple[list[str], str
         return [], None
     try:
         store = FeatureStore(features)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, FeatureStoreError) as error:
         return [], f"it is unreadable ({error})"
     changed = [key for key, value in attrs.items() if store.attrs.get(key) != value]
     if changed:
         return [], f"the encoder changed ({', '.join(changed)})"
     if store.checksums is None:
         return [], "it has no per-row checksums (it was made before they were written)"
-    damaged = set(unwritten_rows(features).tolist())
+    try:
+        damaged = set(unwritten_rows(features).tolist())
+    except OSError as error:  # rows cut off
+        return [], f"it is unreadable ({' '.join(str(error).split())})"
     if damaged:
         logger.warning("index: %d photos' features in %s were damaged on disk (first: %s); encoding them again",
                        len(damaged), features, store.names[min(damaged)])
