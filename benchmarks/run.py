@@ -18,6 +18,8 @@ the range):
 - CIDEr-D: self-critical training's rewards (`pipeline.evaluation.cider`, document frequencies
   computed once) and its corpus mode against pycocoevalcap's Cider on the same 5,000 candidates x 5
   references, flickr30k-like and demo captions, scores asserted equal to 1e-6 (benchmarks/cider_bench.py).
+- read check: the features read with the per-row CRC-32 check against the same reads without it,
+  the resident load and streamed batches (benchmarks/read_bench.py).
 Targets from the speed issue; benchmarks/README.md records results and docs/speed.md reads them.
 
 OpenMP threads that wait for each other sleep here (OMP_WAIT_POLICY=PASSIVE, unless the environment
@@ -41,17 +43,20 @@ from benchmarks.cider_bench import bench_all as bench_cider
 from benchmarks.common import machine_line, spread
 from benchmarks.features_bench import bench_features
 from benchmarks.prepare_bench import bench_prepare
+from benchmarks.read_bench import bench_read
 from benchmarks.scst_bench import bench_scst
 from benchmarks.training_bench import bench_training
 from benchmarks.tutorial import check_same_maths
 
 TARGETS = {"features": 0.9, "training": 3.0, "beam": 10.0, "streaming": 0.8, "cider": 50.0}
 FULL = {"feature_images": 96, "feature_repeats": 2, "train_images": 400, "train_captions": 128,
-        "train_repeats": 2, "beam_images": 40, "beam_repeats": 2, "ceiling_rounds": 5, "prepare_images": 31_783,
-        "cider_candidates": 5_000, "cider_repeats": 3, "scst_images": 64, "scst_repeats": 2}
+        "train_repeats": 2, "read_images": 400, "read_repeats": 3, "beam_images": 40, "beam_repeats": 2,
+        "ceiling_rounds": 5, "prepare_images": 31_783, "cider_candidates": 5_000, "cider_repeats": 3,
+        "scst_images": 64, "scst_repeats": 2}
 QUICK = {"feature_images": 64, "feature_repeats": 1, "train_images": 100, "train_captions": 32,
-         "train_repeats": 1, "beam_images": 8, "beam_repeats": 1, "ceiling_rounds": 1, "prepare_images": 2_000,
-         "cider_candidates": 1_000, "cider_repeats": 1, "scst_images": 8, "scst_repeats": 1}
+         "train_repeats": 1, "read_images": 100, "read_repeats": 1, "beam_images": 8, "beam_repeats": 1,
+         "ceiling_rounds": 1, "prepare_images": 2_000, "cider_candidates": 1_000, "cider_repeats": 1,
+         "scst_images": 8, "scst_repeats": 1}
 
 
 def row(what: str, ours: str, baseline: str, ratio: tuple[float, float, float], target: float | None) -> str:
@@ -83,6 +88,22 @@ def cider_rows(candidates: int, repeats: int) -> tuple[list[str], list[str]]:
                      f"agree to {result['max difference']:.1e}; pycocoevalcap {result['pycocoevalcap s']:.2f} s, "
                      f"rewards {result['rewards s'] * 1e3:.1f} ms, corpus mode {result['corpus s'] * 1e3:.0f} ms")
     return lines, notes
+def read_check_rows(read: dict[str, object]) -> tuple[list[str], str]:
+    """The table rows and the note of `bench_read`'s results: the features read with and without the CRC check."""
+    lines = []
+    for path, what, unit in (("resident", f"resident load of {read['cache MB']:.0f} MB", "GB/s"),
+                             ("streamed", f"{read['batches']} streamed batches of {read['batch']} rows", "GB/s"),
+                             ("epoch", f"training epoch on streamed features, {read['captions']} captions",
+                              "tokens/s")):
+        digits = 2 if unit == "GB/s" else 0
+        lines.append(row(f"features read with vs without the CRC check, {what}, {unit}",
+                         f"{read[f'{path} {unit}']:.{digits}f}", f"{read[f'{path} unchecked {unit}']:.{digits}f}",
+                         read[f"{path} ratio"], None))
+    note = (f"read check: CRC-32 alone {read['crc GB/s']:.1f} GB/s on one core; the check adds "
+            f"{1 / read['resident ratio'][0] - 1:.0%} to the time of the resident load and "
+            f"{1 / read['streamed ratio'][0] - 1:.0%} to streamed reads (page-cache reads, no read-ahead), "
+            f"{1 / read['epoch ratio'][0] - 1:.0%} to a training epoch on streamed features")
+    return lines, note
 
 
 def main() -> None:
@@ -128,6 +149,11 @@ def main() -> None:
                      f"{streaming['cap MB']:.0f} MB, tokens/s", f"{streaming['streamed tokens/s']:.0f}",
                      f"{streaming['resident tokens/s']:.0f}", streaming["ratio"], TARGETS["streaming"]))
     print(f"training done ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    read_lines, read_note = read_check_rows(bench_read(size["read_images"], 64, size["train_captions"],
+                                                       size["read_repeats"]))
+    lines += read_lines
+    notes.append(read_note)
 
     beam = bench_beam(size["beam_images"], 5, size["beam_repeats"])
     lines.append(row(f"beam 5, {beam['images']} images at once vs one at a time, same search (target's baseline), "

@@ -93,7 +93,7 @@ def bench_scst(num_images: int, repeats: int, batch_size: int = 32) -> list[dict
         for row, image in zip(captions.tokens.tolist(), captions.image_rows.tolist()):
             references[names[image]].append(" ".join(vocabulary.words[t] for t in row[1:row.index(END)]))
         data = TrainingData(vocabulary, store, FeatureMatrix(store, names, CPU, announce=False), captions, captions,
-                            references, references)
+                            references, references, 0)
         rewards = Rewards(references, vocabulary)
         return [compare(data, rewards, amp, repeats, batch_size) for amp in ("fp32", "auto")]
 

@@ -11,7 +11,8 @@ captions have ~12 words on average and ~7,000-10,000 words occur 5 times or more
 - tutorial: benchmarks/tutorial.py (projection per step, fp32, per-item HDF5 reads through a
   Dataset); same batch size, same weights and maths;
 - streaming vs resident: ours (amp auto) with the features streamed (a memory cap below the cache's
-  size, the next batches announced with `prefetch`) and resident.
+  size, the next batches announced with `prefetch`) and resident; the cache has its row checksums,
+  so both paths check every row they read, as in training.
 
 Tokens are real targets (words + END). Run alone: python -m benchmarks.training_bench
 """
@@ -29,7 +30,7 @@ import torch
 from benchmarks.common import Timings, time_variants
 from benchmarks.tutorial import END, PAD, START, E, P, TutorialCaptions, make_pair, tutorial_epoch
 from pipeline.config import TrainConfig, load_section
-from pipeline.encoder.feature_cache import FeatureStore, create_layout
+from pipeline.encoder.feature_cache import FeatureStore, create_checksums, create_layout, row_checksums
 from pipeline.encoder.feature_matrix import FeatureMatrix
 from pipeline.model.architectures import build_decoder
 from pipeline.training.batches import EncodedCaptions, bucket_batches
@@ -42,14 +43,17 @@ FLICKR30K_TRAIN_TOKENS = 29_000 * 5 * 13  # train captions x (mean words + END):
 
 
 def make_cache(path: Path, num_images: int, seed: int = 0) -> list[str]:
-    """A feature cache of random float16 features; returns its image names (sorted, as rows)."""
+    """A feature cache of random float16 features with their row checksums, as the features stage writes it;
+    returns its image names (sorted, as rows)."""
     names = [f"img{i:06d}.jpg" for i in range(num_images)]
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as file:
         features = create_layout(file, names, P, E, "float16", {"weights": "synthetic"})
+        checksums = create_checksums(file, num_images)
         for start in range(0, num_images, 256):
             stop = min(num_images, start + 256)
-            features[start:stop] = rng.standard_normal((stop - start, P, E), dtype=np.float32).astype(np.float16)
+            block = rng.standard_normal((stop - start, P, E), dtype=np.float32).astype(np.float16)  # (B, P, E)
+            features[start:stop], checksums[start:stop] = block, row_checksums(block)
     return names
 
 

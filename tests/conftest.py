@@ -129,15 +129,17 @@ def trained_project(tiny_project: Path) -> Path:
 
 
 def write_feature_cache(path: Path, names: list[str], features: Any, attrs: dict[str, Any] | None = None) -> Path:
-    """A feature cache (the layout the features stage writes) holding `features` (N, P, E) for `names`."""
+    """A feature cache (the layout the features stage writes, row checksums included) holding `features`
+    (N, P, E) for `names`."""
     import h5py
 
-    from pipeline.encoder.feature_cache import create_layout
+    from pipeline.encoder.feature_cache import create_checksums, create_layout, row_checksums
 
     with h5py.File(path, "w") as file:
         dataset = create_layout(file, names, features.shape[1], features.shape[2], features.dtype.name,
                                 attrs or {"weights": "none", "image_size": 64})
         dataset[...] = features
+        create_checksums(file, len(names))[...] = row_checksums(features)
     return path
 
 

@@ -1,17 +1,23 @@
 """Fault injection, the feature cache: a cache is read back before it is trusted (verify_cache), and
-a row that never reached the disk, a corrupted row or a cut-off file is found and named."""
+a row that never reached the disk, a corrupted row or a cut-off file is found and named; a row
+damaged after the cache was written stops every reader (FeatureStore, FeatureMatrix resident and
+streamed), naming the file, the row and its image."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from pipeline.encoder.feature_cache import (
     CHECKSUMS,
     DONE_MASK,
     FEATURES,
+    CorruptFeaturesError,
+    FeatureStore,
     FeatureStoreError,
     create_checksums,
     create_layout,
@@ -19,6 +25,7 @@ from pipeline.encoder.feature_cache import (
     unwritten_rows,
     verify_cache,
 )
+from pipeline.encoder.feature_matrix import FeatureMatrix
 
 NAMES = [f"{i:02d}.jpg" for i in range(10)]
 
@@ -89,3 +96,81 @@ def test_the_wrong_number_or_order_of_images_is_refused(tmp_path: Path) -> None:
         verify_cache(tmp_path / "features.h5", 11)
     with pytest.raises(FeatureStoreError, match="row 0 is image '00.jpg', expected '01.jpg'"):
         verify_cache(tmp_path / "features.h5", len(NAMES), [NAMES[1], NAMES[0], *NAMES[2:]])
+
+
+def damage_row(path: Path, row: int, count: int = 64) -> None:
+    """Flip `count` bytes in the middle of row `row`'s data in the file (not HDF5's metadata), as bit rot would."""
+    with h5py.File(path, "r") as file:
+        chunk = file[FEATURES].id.get_chunk_info_by_coord((row, 0, 0))  # one row per chunk
+    start = chunk.byte_offset + chunk.size // 2 - count // 2
+    with open(path, "r+b") as handle:
+        handle.seek(start)
+        flipped = bytes(byte ^ 0xFF for byte in handle.read(count))
+        handle.seek(start)
+        handle.write(flipped)
+
+
+def test_a_row_damaged_after_writing_stops_every_reader_naming_the_file_and_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "features.h5"
+    features = write_cache(path, checksums=True)
+    damage_row(path, 5)
+    with h5py.File(path, "r") as file:
+        assert not np.array_equal(file[FEATURES][5], features[5])  # the data changed, the file still opens
+    store = FeatureStore(path)
+    first = rf"{path} was damaged after it was written .*: row 5 \(image '05.jpg'\) no longer matches its checksum"
+    for read in (lambda: store.load(), lambda: store.load([7, 5]), lambda: store[5], lambda: store[[5, 1, 5]],
+                 lambda: store[4:6]):
+        with pytest.raises(CorruptFeaturesError, match=first) as caught:
+            read()
+        message = str(caught.value)
+        assert "\n" not in message and "dvc pull --force features" in message and "dvc repro" in message
+        assert "full" not in message and "free space" not in message  # the disk is not to blame for a file read
+    np.testing.assert_array_equal(store[[1, 2, 9]].numpy(), features[[1, 2, 9]])  # intact rows stay readable
+    damage_row(path, 8)
+    with pytest.raises(CorruptFeaturesError, match=r"rows 5 \(image '05.jpg'\), 8 \(image '08.jpg'\) no longer"):
+        store.load()
+
+
+def test_the_feature_matrix_checks_its_rows_resident_and_streamed(tmp_path: Path) -> None:
+    path = tmp_path / "features.h5"
+    features = write_cache(path, checksums=True)
+    damage_row(path, 3)
+    store, cpu = FeatureStore(path), torch.device("cpu")
+    with pytest.raises(CorruptFeaturesError, match=r"row 3 \(image '03.jpg'\)"):
+        FeatureMatrix(store, NAMES, cpu, announce=False)  # resident: checked as it is loaded
+    resident = FeatureMatrix(store, NAMES[4:], cpu, announce=False)  # the damaged row is not among these
+    assert torch.equal(resident[torch.tensor([0, 5])], torch.from_numpy(features[[4, 9]]))
+    streamed = FeatureMatrix(store, NAMES, cpu, memory_budget_bytes=0, announce=False)
+    assert not streamed.resident
+    assert torch.equal(streamed[torch.tensor([1, 2])], torch.from_numpy(features[[1, 2]]))
+    with pytest.raises(CorruptFeaturesError, match=r"row 3 \(image '03.jpg'\)"):
+        streamed[torch.tensor([2, 3])]
+    good, bad = torch.tensor([0, 1]), torch.tensor([9, 3])
+    streamed.prefetch([good, bad])  # read ahead by a thread: the error reaches whoever asks for the batch
+    assert torch.equal(streamed[good], torch.from_numpy(features[[0, 1]]))
+    with pytest.raises(CorruptFeaturesError, match=r"row 3 \(image '03.jpg'\)"):
+        streamed[bad]
+    streamed.close()
+
+
+def test_a_cache_without_checksums_is_read_unchecked_and_says_so_when_opened(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "features.h5"
+    features = write_cache(path)  # no row_crc32: a cache made before checksums were written
+    damage_row(path, 2)
+    with caplog.at_level(logging.WARNING, logger="pipeline.encoder.feature_cache"):
+        store = FeatureStore(path)
+        loaded = store.load().numpy()
+        store[[1, 2]]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{path} has no per-row checksums (it was made before they were written): its rows are read unchecked; "
+        "rebuild it to have them checked"]
+    assert not np.array_equal(loaded[2], features[2]) and np.array_equal(loaded[3], features[3])
+
+
+def test_another_repair_is_named_for_a_cache_of_another_owner(tmp_path: Path) -> None:
+    path = tmp_path / "features.h5"
+    write_cache(path, checksums=True)
+    damage_row(path, 0)
+    with pytest.raises(CorruptFeaturesError, match=r"row 0 .*; index the photos again$"):
+        FeatureStore(path, repair="index the photos again")[0]

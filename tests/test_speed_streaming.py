@@ -14,6 +14,7 @@ import torch
 
 from pipeline.encoder.feature_cache import FeatureStore, create_layout
 from pipeline.encoder.feature_matrix import MEMORY_ENV, FeatureMatrix
+from pipeline.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -96,7 +97,7 @@ def test_a_bad_memory_setting_names_the_variable(cache: tuple[FeatureStore, list
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     store, names = cache
     monkeypatch.setenv(MEMORY_ENV, "plenty")
-    with pytest.raises(ValueError, match=f"{MEMORY_ENV}='plenty' is not a size"):
+    with pytest.raises(ConfigError, match=f"{MEMORY_ENV}='plenty' is not a size"):
         FeatureMatrix(store, names, CPU)
 
 

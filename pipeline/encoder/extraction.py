@@ -1,5 +1,6 @@
 """Extraction into the feature cache: the image files as batches, a resumable partial file, the
-batched encode loop, and the final file made from finished partial files.
+batched encode loop, and the final file made from finished partial files (`write_cache`, also the
+photo index's writer: rows copied with their checksums, the result verified before it appears).
 
 Work in progress lives in a hidden partial file beside the output with a per-image `done` mask;
 its attrs (encoder provenance, dtype, and `images_sha256` of the image list) are its fingerprint:
@@ -27,6 +28,7 @@ from pipeline.encoder.feature_cache import (
     CHECKSUMS,
     FEATURES,
     IMAGES,
+    FeatureStoreError,
     create_checksums,
     create_layout,
     plain_attr,
@@ -42,7 +44,7 @@ INPUTS = "inputs_sha256"  # attr of a partial file: the stage's declared deps an
 DONE = "done"  # (N,) bool dataset of the partial file: which rows hold finished features
 MAX_PENDING_WRITES = 2  # batches waiting for the writer thread; bounds the memory they hold
 PREFETCH_BATCHES = 4  # batches each DataLoader worker decodes ahead
-MERGE_ROWS = 256  # rows copied at a time when merging the ranks' files
+COPY_ROWS = 256  # rows copied at a time by write_cache
 
 
 class FeatureExtractionError(PipelineError):
@@ -245,35 +247,53 @@ def finalise(out: Path, partials: Sequence[Path], names: Sequence[str], attrs: d
         verify_cache(partials[0], len(names), names)  # every row reads back as written, before it appears
         os.replace(partials[0], out)
     else:
-        merge(partials, out, names, attrs)
+        sources = []
+        for path in partials:
+            with h5py.File(path, "r") as part:
+                num_regions, dtype, count = part[FEATURES].shape[1], part[FEATURES].dtype.name, len(part[FEATURES])
+            sources.append((path, np.arange(count)))
+        write_cache(out, sources, attrs, num_regions, dtype, names)
     for stale in out.parent.glob(f".{out.name}*.partial"):  # the ranks' files, and any left by other runs
         stale.unlink()
 
 
-def merge(partials: Sequence[Path], out: Path, names: Sequence[str], attrs: dict[str, Any]) -> None:
-    """Copy the partial files' rows, in order, into one cache at `out`, written atomically."""
-    with h5py.File(partials[0], "r") as first:
-        num_regions, dtype = first[FEATURES].shape[1], first[FEATURES].dtype.name
+def write_cache(out: Path, sources: Sequence[tuple[Path, np.ndarray]], attrs: dict[str, Any], num_regions: int,
+                dtype: str, expected: Sequence[str] | None = None) -> list[str]:
+    """Write the cache `out` atomically from rows of other caches or partial files: the given rows (increasing)
+    of each source in turn, each with the checksum written with it; the whole is verified (`verify_cache`)
+    before it appears. `expected`: the image names it must hold, in order. Returns its image names.
+
+    The one writer of a cache from others: the features stage merging its processes' files, the photo
+    index keeping its old rows beside the new ones."""
+    names: list[str] = []
+    for path, rows in sources:
+        with h5py.File(path, "r") as source:
+            if CHECKSUMS not in source:
+                raise FeatureStoreError(f"{path} has no per-row checksums to carry over; make it again")
+            stored = source[IMAGES].asstr()[()]
+        names += [str(stored[row]) for row in rows]
+    if expected is not None and names != list(expected):
+        raise FeatureExtractionError(f"{', '.join(str(path) for path, _ in sources)} hold other images than "
+                                     f"{out} should; rerun the stage")
     with atomic_path(out) as tmp:
-        merge_into(tmp, partials, names, attrs, num_regions, dtype)
+        with h5py.File(tmp, "w", rdcc_nbytes=0) as file:
+            features = create_layout(file, names, num_regions, FEATURE_DIM, dtype, attrs)
+            checksums = create_checksums(file, len(names))
+            start = 0
+            for path, rows in sources:
+                copy_rows(path, np.asarray(rows, dtype=np.int64), features, checksums, start)
+                start += len(rows)
         verify_cache(tmp, len(names), names)
+    return names
 
 
-def merge_into(tmp: Path, partials: Sequence[Path], names: Sequence[str], attrs: dict[str, Any], num_regions: int,
-               dtype: str) -> None:
-    """Write the merged cache to `tmp`: the partial files' rows and checksums, in order."""
-    with h5py.File(tmp, "w", rdcc_nbytes=0) as merged:
-        features = create_layout(merged, names, num_regions, FEATURE_DIM, dtype, attrs)
-        checksums = create_checksums(merged, len(names))
-        start = 0
-        for path in partials:
-            with h5py.File(path, "r") as part:
-                count = len(part[FEATURES])
-                if list(part[IMAGES].asstr()[()]) != list(names[start:start + count]):
-                    raise FeatureExtractionError(f"{path} holds other images than its share of the list; "
-                                                 f"rerun the stage")
-                for offset in range(0, count, MERGE_ROWS):
-                    stop = min(count, offset + MERGE_ROWS)
-                    features[start + offset:start + stop] = part[FEATURES][offset:stop]
-                    checksums[start + offset:start + stop] = part[CHECKSUMS][offset:stop]
-            start += count
+def copy_rows(path: Path, rows: np.ndarray, features: h5py.Dataset, checksums: h5py.Dataset, start: int) -> None:
+    """Copy `rows` (R,) of the cache or partial file at `path`, features and checksums, to rows start.. of the
+    destination's datasets, a run of consecutive rows at a time, at most COPY_ROWS rows per read."""
+    with h5py.File(path, "r") as source:
+        for first, stop in consecutive_runs(rows):
+            for offset in range(first, stop, COPY_ROWS):
+                end = min(stop, offset + COPY_ROWS)
+                row = int(rows[offset])
+                features[start + offset:start + end] = source[FEATURES][row:row + end - offset]
+                checksums[start + offset:start + end] = source[CHECKSUMS][row:row + end - offset]

@@ -11,13 +11,21 @@ Layout of the cache file (`encoder.cache`, features.h5):
 worker reads through its own handle.
 
 Checked writes: HDF5 reports some write errors only when a file is closed, where h5py cannot raise
-them, so a cache is read back before it is trusted: `verify_cache` reopens the finished file
-read-only and checks its shape, its names and every row, against the optional `row_crc32` dataset
-(N,) uint32 of per-row CRC-32s written beside the features (`row_checksums`), or, without it,
-that no row reads back as all zeros (HDF5's fill value for a chunk that never reached the disk).
+them, so a cache is read back before it is trusted: `verify_cache` reopens the file just written
+read-only and checks its shape, its names and every row, against the `row_crc32` dataset (N,)
+uint32 of per-row CRC-32s written beside the features (`row_checksums`), or, without it, that no
+row reads back as all zeros (HDF5's fill value for a chunk that never reached the disk).
+
+Checked reads: every row `FeatureStore` reads (and every row `FeatureMatrix` reads through it) is
+checked against its CRC-32, so a cache damaged after it was written (a disk error, a bad copy or
+download) stops the reader with `CorruptFeaturesError`, naming the file, the rows and their images,
+instead of feeding it to a model. CRC-32 runs at about 3 GB/s on one core (benchmarks/README.md
+has the cost). A cache without `row_crc32` (made before it existed) is read unchecked, said once
+when it is opened.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import zlib
@@ -36,12 +44,23 @@ IMAGES = "images"  # dataset (N,) of names
 CHECKSUMS = "row_crc32"  # optional dataset (N,) uint32: CRC-32 of each row's bytes, written with the row
 DONE_MASK = "done"  # the partial file's (N,) bool mask of finished rows (pipeline.encoder.extraction.DONE)
 VERIFY_ROWS = 256  # rows read at a time by verify_cache
+SHOWN_ROWS = 3  # bad rows named in an error
+# how to get a good copy of the features stage's cache (encoder.cache); docs/sharing.md says more
+REPAIR = ("get a good copy with `dvc pull --force features` (from DVC's cache or remote; a remote with `verify` on "
+          "refuses a damaged download, see docs/sharing.md) or rebuild it with "
+          "`dvc repro --force --single-item features`")
 
 Rows = int | slice | Sequence[int] | np.ndarray | torch.Tensor
+
+logger = logging.getLogger(__name__)
 
 
 class FeatureStoreError(InputError):
     """The feature cache exists but is not what the readers expect."""
+
+
+class CorruptFeaturesError(FeatureStoreError):
+    """Rows read from a finished cache differ from the checksums written with them: the file changed on disk."""
 
 
 def plain_attr(value: Any) -> Any:
@@ -67,8 +86,9 @@ def create_layout(file: h5py.File, names: Sequence[str], num_regions: int, featu
 class FeatureStore:
     """Read-only access to a feature cache: names, provenance, and (N, P, E) features."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, repair: str = REPAIR) -> None:
         self.path = Path(path)
+        self.repair = repair  # how to get a good copy, said when a row does not match its checksum
         if not self.path.is_file():
             raise FileNotFoundError(f"feature cache {self.path} not found; run `dvc repro features` "
                                     f"(or `dvc pull features` to fetch it from the DVC remote)")
@@ -87,9 +107,17 @@ class FeatureStore:
             self.dtype = np.dtype(features.dtype)
             self.names: list[str] = list(file[IMAGES].asstr()[()])
             self.attrs: dict[str, Any] = {key: plain_attr(value) for key, value in file.attrs.items()}
+            # (N,) uint32, or None: a cache made before checksums were written
+            self.checksums: np.ndarray | None = file[CHECKSUMS][()] if CHECKSUMS in file else None
         if len(self.shape) != 3 or len(self.names) != self.shape[0]:
             raise FeatureStoreError(f"{self.path}: features of shape {self.shape} do not match "
                                     f"{len(self.names)} image names; rerun `dvc repro features`")
+        if self.checksums is None:
+            logger.warning("%s has no per-row checksums (it was made before they were written): its rows are read "
+                           "unchecked; rebuild it to have them checked", self.path)
+        elif self.checksums.shape != (self.shape[0],):
+            raise FeatureStoreError(f"{self.path}: {self.checksums.shape} checksums for {self.shape[0]} rows; "
+                                    f"{self.repair}")
         self.index: dict[str, int] = {name: row for row, name in enumerate(self.names)}
         self._handle: tuple[int, h5py.File] | None = None  # (process id, open file)
 
@@ -135,13 +163,52 @@ class FeatureStore:
         return [self.index[name] for name in names]
 
     def load(self, rows: Rows | None = None) -> torch.Tensor:
-        """Read all rows (N, P, E), or the given ones, into memory, in the stored dtype."""
+        """Read all rows (N, P, E), or the given ones, into memory, in the stored dtype; each row checked."""
         with h5py.File(self.path, "r") as file:
-            return _read(file[FEATURES], rows)
+            return self._read(file[FEATURES], slice(None) if rows is None else rows)
 
     def __getitem__(self, rows: Rows) -> torch.Tensor:
-        """Stream rows: an int gives (P, E), a slice or sequence gives (R, P, E)."""
-        return _read(self._features(), rows)
+        """Stream rows, each checked: an int gives (P, E), a slice or sequence gives (R, P, E)."""
+        return self._read(self._features(), rows)
+
+    def check(self, rows: np.ndarray, features: np.ndarray) -> None:
+        """CorruptFeaturesError unless each row of `features` (R, P, E), read from rows `rows` (R,) of this
+        cache, matches the checksum written with it (a cache without checksums passes)."""
+        if self.checksums is None:
+            return
+        bad = np.flatnonzero(row_checksums(features) != self.checksums[rows])
+        if bad.size:
+            raise self.corrupt(np.asarray(rows)[bad])
+
+    def corrupt(self, rows: np.ndarray) -> CorruptFeaturesError:
+        """The error for rows (K,) that do not match their checksums: the file, the rows, their images, the repair."""
+        named = ", ".join(f"{row} (image '{self.names[row]}')" for row in rows[:SHOWN_ROWS].tolist())
+        more = f" and {len(rows) - SHOWN_ROWS} more" if len(rows) > SHOWN_ROWS else ""
+        which = f"row {named} no longer matches its" if len(rows) == 1 else f"rows {named}{more} no longer match their"
+        return CorruptFeaturesError(f"{self.path} was damaged after it was written (a disk error, a bad copy or "
+                                    f"download): {which} checksum; {self.repair}")
+
+    def _read(self, dataset: h5py.Dataset, rows: Rows) -> torch.Tensor:
+        """Read rows of the (N, P, E) dataset, checked; arbitrary row lists are read in sorted order."""
+        if isinstance(rows, (int, np.integer)):
+            row = range(self.shape[0])[rows]  # an IndexError out of range
+            features = dataset[row]  # (P, E)
+            self.check(np.array([row]), features[None])
+            return torch.from_numpy(features)
+        if isinstance(rows, slice):
+            features = dataset[rows]  # (R, P, E)
+            self.check(np.arange(self.shape[0])[rows], features)
+            return torch.from_numpy(features)
+        wanted = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if wanted.size == 0:
+            return torch.from_numpy(np.empty((0, *dataset.shape[1:]), dtype=dataset.dtype))
+        if wanted.min() < 0 or wanted.max() >= dataset.shape[0]:
+            raise IndexError(f"feature rows must lie in [0, {dataset.shape[0]}), got {wanted.min()}..{wanted.max()}")
+        # HDF5 reads a selection fastest, and h5py only accepts one, in increasing order without repeats
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        features = dataset[unique]  # (U, P, E)
+        self.check(unique, features)
+        return torch.from_numpy(features[inverse])  # (R, P, E)
 
     def _features(self) -> h5py.Dataset:
         """The features dataset through this process's own handle, opened on first use."""
@@ -168,22 +235,6 @@ class FeatureStore:
         return {**self.__dict__, "_handle": None}
 
 
-def _read(dataset: h5py.Dataset, rows: Rows | None) -> torch.Tensor:
-    """Read rows of an (N, P, E) dataset; arbitrary row lists are read in sorted order."""
-    if rows is None:
-        return torch.from_numpy(dataset[()])  # (N, P, E)
-    if isinstance(rows, (int, np.integer, slice)):
-        return torch.from_numpy(dataset[rows])  # (P, E) or (R, P, E)
-    wanted = np.asarray(rows, dtype=np.int64).reshape(-1)
-    if wanted.size == 0:
-        return torch.from_numpy(np.empty((0, *dataset.shape[1:]), dtype=dataset.dtype))
-    if wanted.min() < 0 or wanted.max() >= dataset.shape[0]:
-        raise IndexError(f"feature rows must lie in [0, {dataset.shape[0]}), got {wanted.min()}..{wanted.max()}")
-    # HDF5 reads a selection fastest, and h5py only accepts one, in increasing order without repeats
-    unique, inverse = np.unique(wanted, return_inverse=True)
-    return torch.from_numpy(dataset[unique][inverse])  # (R, P, E)
-
-
 def feature_bytes(num_rows: int, num_regions: int, feature_dim: int, dtype: str) -> int:
     """Bytes the features of `num_rows` images take on disk (N * P * E * itemsize; HDF5 adds well under 1%)."""
     return num_rows * num_regions * feature_dim * np.dtype(dtype).itemsize
@@ -191,8 +242,8 @@ def feature_bytes(num_rows: int, num_regions: int, feature_dim: int, dtype: str)
 
 def row_checksums(features: np.ndarray) -> np.ndarray:
     """(B, P, E) rows -> (B,) uint32: the CRC-32 of each row's bytes, as stored in the CHECKSUMS dataset."""
-    return np.fromiter((zlib.crc32(np.ascontiguousarray(row).tobytes()) for row in features),
-                       dtype=np.uint32, count=len(features))
+    rows = np.ascontiguousarray(features)  # the same array when it already is (no copy): zlib reads its buffer
+    return np.fromiter((zlib.crc32(row) for row in rows), dtype=np.uint32, count=len(rows))
 
 
 def create_checksums(file: h5py.File, num_rows: int) -> h5py.Dataset:

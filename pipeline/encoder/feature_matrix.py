@@ -16,6 +16,11 @@ distinct rows are read in increasing order, one HDF5 read per run of consecutive
 fancy indexing is ~50x slower), into pinned memory on CUDA. `prefetch` starts a thread that reads
 the announced batches ahead (h5py releases the GIL while it reads); a request that does not match
 the next announced batch is read on the spot and leaves the schedule in place.
+
+Every row read is checked against the CRC-32 written with it (`FeatureStore.check`): each row of
+the resident matrix once, as it is loaded; each batch's distinct rows as they are streamed. A
+damaged row stops the reader with `CorruptFeaturesError` (raised where the batch is asked for,
+when the read-ahead thread found it).
 """
 from __future__ import annotations
 
@@ -172,12 +177,14 @@ class FeatureMatrix:
         if self.device.type != "cuda":
             data = torch.empty(shape, dtype=dtype)  # (N, P, E)
             read_rows(self._dataset(), self._store_rows, data.numpy())
+            self.store.check(self._store_rows, data.numpy())
             return data
         data = torch.empty(shape, dtype=dtype, device=self.device)  # (N, P, E)
         staging = torch.empty((LOAD_ROWS, *shape[1:]), dtype=dtype, pin_memory=True)  # (LOAD_ROWS, P, E)
         for start in range(0, shape[0], LOAD_ROWS):
             rows = self._store_rows[start:start + LOAD_ROWS]
             read_rows(self._dataset(), rows, staging.numpy())
+            self.store.check(rows, staging.numpy()[:len(rows)])
             data[start:start + len(rows)].copy_(staging[:len(rows)])  # synchronous: staging is reused
         return data
 
@@ -188,6 +195,7 @@ class FeatureMatrix:
         shape = (self.store.num_regions, self.store.feature_dim)
         distinct = np.empty((len(unique), *shape), dtype=self.store.dtype)  # (U, P, E)
         read_rows(self._dataset(), self._store_rows[unique], distinct)
+        self.store.check(self._store_rows[unique], distinct)
         out = torch.empty((len(rows), *shape), dtype=self.dtype, pin_memory=self.device.type == "cuda")  # (R, P, E)
         np.take(distinct, inverse.reshape(-1), axis=0, out=out.numpy())
         return out

@@ -10,14 +10,17 @@ relative to the folder.
 Updating is incremental: photos already indexed (same size and modification time) are not encoded
 again, removed or changed ones leave the index, new ones are encoded into a partial file with a
 done mask (`pipeline.encoder.extraction`) that an interrupted run continues, then merged into a new
-features.h5 that replaces the old one atomically. captions.json is written last: an index whose
-captions do not cover its features is incomplete and `open_index` says so. Files that cannot be
-decoded are skipped and listed; files without an image suffix are counted and left alone.
+features.h5 by the features stage's writer (`write_cache`: every row with its checksum, the file
+verified before it replaces the old one atomically). Rows of the old features.h5 that no longer
+match their checksums are encoded again; search refuses them. captions.json is written last: an
+index whose captions do not cover its features is incomplete and `open_index` says so. Files that
+cannot be decoded are skipped and listed; files without an image suffix are counted and left alone.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -30,11 +33,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from pipeline.encoder.extraction import DONE, ImageFiles, names_sha256, open_partial, write_rows
-from pipeline.encoder.feature_cache import IMAGES, FeatureStore, create_layout
-from pipeline.encoder.resnet import FEATURE_DIM, file_sha256
+from pipeline.encoder.extraction import DONE, ImageFiles, names_sha256, open_partial, write_cache, write_rows
+from pipeline.encoder.feature_cache import IMAGES, FeatureStore, FeatureStoreError, unwritten_rows
+from pipeline.encoder.resnet import file_sha256
 from pipeline.errors import InputError
-from pipeline.files import atomic_path, list_files, write_json
+from pipeline.files import list_files, write_json
 from pipeline.model.captioner import describe
 from pipeline.photos import PhotoCaptioner
 from pipeline.retrieval.ranking import Gallery
@@ -43,8 +46,9 @@ INDEX_DIR = ".caption-index"
 FEATURES_FILE, CAPTIONS_FILE, PARTIAL_FILE = "features.h5", "captions.json", ".features.h5.partial"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 DTYPE = "float16"
-COPY_ROWS = 256
 MANIFEST_KEYS = ("files", "captions", "skipped")
+
+logger = logging.getLogger(__name__)
 
 
 class PhotoIndexError(InputError):
@@ -101,15 +105,29 @@ def read_manifest(index_dir: Path) -> dict[str, Any]:
 
 
 def indexed_names(features: Path, attrs: dict[str, Any]) -> tuple[list[str], str | None]:
-    """(names in an existing features.h5, why it cannot be kept or None)."""
+    """(names of the intact rows of an existing features.h5, why none of it can be kept or None).
+
+    A row that no longer matches its checksum (the file was damaged on disk) is left out, said, and so
+    encoded again."""
     if not features.is_file():
         return [], None
     try:
         store = FeatureStore(features)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, FeatureStoreError) as error:
         return [], f"it is unreadable ({error})"
     changed = [key for key, value in attrs.items() if store.attrs.get(key) != value]
-    return (store.names, None) if not changed else ([], f"the encoder changed ({', '.join(changed)})")
+    if changed:
+        return [], f"the encoder changed ({', '.join(changed)})"
+    if store.checksums is None:
+        return [], "it has no per-row checksums (it was made before they were written)"
+    try:
+        damaged = set(unwritten_rows(features).tolist())
+    except OSError as error:  # rows cut off
+        return [], f"it is unreadable ({' '.join(str(error).split())})"
+    if damaged:
+        logger.warning("index: %d photos' features in %s were damaged on disk (first: %s); encoding them again",
+                       len(damaged), features, store.names[min(damaged)])
+    return [name for row, name in enumerate(store.names) if row not in damaged], None
 
 
 def encode_new(captioner: PhotoCaptioner, files: ImageFiles, store: h5py.File, batch_size: int,
@@ -132,30 +150,18 @@ def encode_new(captioner: PhotoCaptioner, files: ImageFiles, store: h5py.File, b
     return encoded, skipped
 
 
-def write_features(out: Path, old: Path, kept: Sequence[str], partial: Path | None, attrs: dict[str, Any],
+def write_features(out: Path, kept: Sequence[str], partial: Path | None, attrs: dict[str, Any],
                    num_regions: int) -> list[str]:
-    """Write `out` atomically: the `kept` rows of `old`, then the done rows of `partial`; returns the names."""
+    """Write `out` atomically: the `kept` rows of the current `out`, then the done rows of `partial`, each row
+    with its checksum, verified before it replaces the old file; returns the names."""
     sources: list[tuple[Path, np.ndarray]] = []
     if kept:
-        position = {name: row for row, name in enumerate(FeatureStore(old).names)}
-        sources.append((old, np.array([position[name] for name in kept], dtype=np.int64)))
-    names = list(kept)
+        position = {name: row for row, name in enumerate(FeatureStore(out).names)}
+        sources.append((out, np.array(sorted(position[name] for name in kept), dtype=np.int64)))
     if partial is not None:
         with h5py.File(partial, "r") as file:
-            done = np.flatnonzero(file[DONE][()])
-            names += [file[IMAGES].asstr()[row] for row in done]
-        sources.append((partial, done))
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as file:
-        features = create_layout(file, names, num_regions, FEATURE_DIM, DTYPE, attrs)
-        start = 0
-        for path, rows in sources:
-            store = FeatureStore(path)
-            for offset in range(0, len(rows), COPY_ROWS):
-                chunk = rows[offset:offset + COPY_ROWS]
-                features[start + offset:start + offset + len(chunk)] = store[chunk].numpy()
-            store.close()
-            start += len(rows)
-    return names
+            sources.append((partial, np.flatnonzero(file[DONE][()])))
+    return write_cache(out, sources, attrs, num_regions, DTYPE)
 
 
 def caption_missing(captioner: PhotoCaptioner, features: Path, captions: dict[str, str], batch_size: int) -> int:
@@ -200,7 +206,7 @@ def update_index(captioner: PhotoCaptioner, photos: Path, index_dir: Path | None
         with open_partial(partial, new, {**attrs, "images_sha256": names_sha256(new)}, num_regions, DTYPE) as store:
             encoded, skipped = encode_new(captioner, files, store, batch_size, show_progress)
     if new or len(kept) != len(old) or reason or not features.is_file():
-        final = write_features(features, features, kept, partial if new else None, attrs, num_regions)
+        final = write_features(features, kept, partial if new else None, attrs, num_regions)
     else:
         final = old
     partial.unlink(missing_ok=True)
@@ -227,7 +233,8 @@ def open_index(index_dir: Path, checkpoint: Path | None = None) -> Gallery:
         manifest = read_manifest(index_dir)
     except PhotoIndexError as error:
         raise PhotoIndexError(f"{error}; run `python -m pipeline.search index` on its folder again") from error
-    store = FeatureStore(features)
+    store = FeatureStore(features, repair=f"run `python -m pipeline.search index {manifest.get('photos', '')}` "
+                                          "again: it encodes the damaged photos again")
     missing = [name for name in store.names if name not in manifest["captions"]]
     if missing:
         raise PhotoIndexError(f"{index_dir} is incomplete ({len(missing)} photos without a caption); "

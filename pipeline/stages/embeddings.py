@@ -8,7 +8,8 @@ the word2vec text format), read with gensim's KeyedVectors, or a gensim Word2Vec
 training captions. Row i belongs to vocabulary word i. Missing-word rule for a pretrained file:
 the word as is, then lower-case, Capitalised and UPPER-case forms; a word still missing gets a
 random vector with the scale of the found ones. PAD is all zeros; START, END and UNK are random.
-The coverage (how many vocabulary words got a real vector) is a DVC metric.
+The coverage (how many vocabulary words got a real vector) is a DVC metric; a pretrained file that
+covers no vocabulary word stops the stage (every row would be random).
 
 Run: python -m pipeline.stages.embeddings
 """
@@ -102,6 +103,13 @@ def main() -> None:
         return None if form is None else vectors[form]
 
     matrix, stats = embedding_matrix(vocabulary.words, lookup, config.dim, config.seed)
+    if config.pretrained and stats["vocabulary_words"] and not stats["found"]:
+        words = [word for word in vocabulary.words if word not in SPECIAL_TOKENS][:3]
+        raise ConfigError(f"{config.pretrained}: none of the {stats['vocabulary_words']:,} vocabulary words (e.g. "
+                          f"{', '.join(map(repr, words))}) has a vector there in any case form (its words look like "
+                          f"{', '.join(map(repr, vectors.index_to_key[:3]))}): every row would be random; give "
+                          "embeddings.pretrained word vectors of the captions' language, or null to train them on "
+                          "the captions")
     stats["coverage"] = stats["found"] / max(stats["vocabulary_words"], 1)
     with atomic_paths((config.matrix, "embeddings.matrix"), (config.metrics, "embeddings.metrics")) as (tmp, metrics):
         with open(tmp, "wb") as handle:

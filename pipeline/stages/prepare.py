@@ -18,10 +18,10 @@ val.txt, test.txt; the folder is a dep in dvc.yaml, so editing a list reruns the
 holds them, else from the Karpathy JSON, else a seeded random split of the images with
 `dataset.split_ratios`. When the dropped captions exceed `dataset.max_dropped_fraction` of the
 caption lines read, none of the images the captions name is in the image folder, or the train or
-val split is left without captions, the stage fails and writes nothing. With
-`dataset.check_images`, every image is decoded by the encoder's rule (pipeline/encoder/images.py
-`check_image`), so an image that would stop `features` is dropped here instead and counted as
-`unreadable_image`.
+val split (or the `evaluate.split` one) is left without captions, the stage fails and writes
+nothing. With `dataset.check_images`, every image is decoded by the encoder's rule
+(pipeline/encoder/images.py `check_image`), so an image that would stop `features` is dropped here
+instead and counted as `unreadable_image`.
 
 Run: `python -m pipeline.stages.prepare` (reads params.yaml, or the file named by $PIPELINE_PARAMS).
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli import run
-from pipeline.config import SPLITS, DatasetConfig, load_section
+from pipeline.config import SPLITS, DatasetConfig, EvaluateConfig, load_section
 from pipeline.datasets.cleaning import (
     clean_captions,
     count_captions,
@@ -122,10 +122,26 @@ def write_outputs(config: DatasetConfig, prepared: Prepared) -> None:
         write_captions(table, prepared.rows)
         report.write_text(json_text(prepared.report), encoding="utf-8")
 
+def check_evaluated_split(report: dict[str, Any], split: str) -> None:
+    """DatasetError when `evaluate.split` is left without captions: evaluate and retrieval would find nothing
+    to score, after the features and the training (train and val are checked by `check_splits`).
+
+    Not a param of the stage in dvc.yaml: the outputs do not depend on it, and when it changes later,
+    evaluate (which reruns) says the same before its slow part."""
+    if report["splits"][split]["captions"]:
+        return
+    counts = ", ".join(f"{name} {item['images']}" for name, item in report["splits"].items())
+    raise DatasetError(f"prepare left the {split} split without captions (images per split: {counts}) but "
+                       f"evaluate.split is {split}: evaluate and retrieval would have nothing to score; give the "
+                       f"{split} split images (dataset.split_ratios, dataset.split_files) or set evaluate.split to "
+                       f"val. Nothing was written.")
+
 def main() -> None:
-    """Run the stage with the params file's `dataset` section."""
+    """Run the stage with the params file's `dataset` section (and `evaluate.split`, which must get captions)."""
     config = load_section(DatasetConfig)
+    evaluated = load_section(EvaluateConfig).split
     prepared = prepare(config)
+    check_evaluated_split(prepared.report, evaluated)
     write_outputs(config, prepared)
     print(summary(prepared.report))
 

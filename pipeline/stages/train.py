@@ -76,9 +76,9 @@ def main() -> None:
             return
         data = load_training_data(Path(dataset.table), Vocabulary.from_json(Path(vocab.path)), Path(encoder.cache),
                                   model_config.max_caption_length, cluster.device)
-        if cut := data.cut_captions(model_config.max_caption_length):
-            cluster.say(f"train: {cut} of {len(data.train_set)} training captions reach model.max_caption_length = "
-                        f"{model_config.max_caption_length} words and are cut there")
+        if data.cut:
+            cluster.say(f"train: {data.cut} of {len(data.train_set)} training captions are longer than "
+                        f"model.max_caption_length = {model_config.max_caption_length} words and are cut there")
         model = build_model(data.vocabulary, load_embeddings(Path(embeddings.matrix), data.vocabulary),
                             data.store.feature_dim, model_config).to(cluster.device)
         model.set_feature_statistics(*data.features.statistics(data.train_set.image_rows))
