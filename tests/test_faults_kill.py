@@ -140,3 +140,28 @@ def test_train_killed_after_an_epoch_resumes_to_the_same_weights(project: Path) 
     assert a["state"]["scores"] == b["state"]["scores"] and b["state"]["epoch"] == 3
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_scst_killed_midway_resumes_to_a_byte_identical_final_model(trained_project: Path, tmp_path: Path) -> None:
+    project = tmp_path / "trained"
+    shutil.copytree(trained_project, project)
+    outputs = {"checkpoint": "straight/best.pt", "last_checkpoint": "straight/last.pt", "log_dir": "straight/tb",
+               "metrics_dir": "straight/metrics"}
+    settings = {"epochs": 3, "batch_size": 4, "lr": 0.002}
+    straight = write_params(project / "straight.yaml", {"scst": {**settings, **outputs}}, tiny=True)
+    finish("scst", project, straight)
+    resumed_outputs = {key: value.replace("straight", "resumed") for key, value in outputs.items()}
+    resumed = write_params(project / "resumed.yaml", {"scst": {**settings, **resumed_outputs}}, tiny=True)
+    # held once last.pt holds epoch 2: the kill falls in epoch 2 or after it, never after epoch 3
+    process = start_held("scst", project, resumed, "pipeline.files.save_torch", 2, marker="scst.last_checkpoint")
+    last = project / "resumed/last.pt"
+    killed = kill_when(process, last.exists, random.Random(os.getpid()).uniform(0.0, 1.0))
+    assert killed, f"the stage ended before it could be killed: {process.stderr.read()[-3000:]}"
+    assert 1 <= torch.load(last, weights_only=True)["state"]["epoch"] < 3
+    finish("scst", project, resumed)
+    a = torch.load(project / "straight/last.pt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert a["state"] == b["state"] and b["state"]["epoch"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(b["model"][key], value), key
+    assert (project / "resumed/best.pt").read_bytes() == (project / "straight/best.pt").read_bytes()
