@@ -1,6 +1,7 @@
 """The run's environment: the device, seeds, and the processes that torchrun starts."""
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -10,6 +11,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger(__name__)
 
 
 def cpu_has_bf16() -> bool:
@@ -103,7 +106,7 @@ def relaunch_under_torchrun(module: str) -> bool:
     if not options or "RANK" in os.environ:  # not asked for, or already one of torchrun's processes
         return False
     command = [sys.executable, "-m", "torch.distributed.run", *shlex.split(options), "-m", module]
-    print(f"{module}: running under torchrun: {' '.join(command[1:])}", flush=True)
+    logger.info(f"{module}: running under torchrun: {' '.join(command[1:])}")
     completed = subprocess.run(command, check=False)
     if completed.returncode:
         raise SystemExit(completed.returncode)

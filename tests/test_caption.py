@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline import caption
+from pipeline.commands import caption
 
 
 @pytest.fixture

@@ -41,7 +41,6 @@ from pipeline.files import atomic_paths, json_text, write_json
 from pipeline.model.captioner import describe_all, search_options
 from pipeline.model.checkpoint import check_features, load_checkpoint
 from pipeline.runtime import resolve_device
-from pipeline.text import Vocabulary
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -61,8 +60,7 @@ def main() -> None:
     train_config, config = load_section(TrainConfig), load_section(EvaluateConfig)
     require_java()  # fail before the slow part, not after it
     device = resolve_device(config.device, "evaluate.device")
-    model, payload = load_checkpoint(train_config.checkpoint, device)
-    vocabulary = Vocabulary(tuple(payload["vocabulary"]))
+    model, vocabulary, payload = load_checkpoint(train_config.checkpoint, device)
     table = read_captions(dataset.table, config.split)
     if table.empty:
         raise InputError(f"no {config.split} captions in {dataset.table}; check evaluate.split and "

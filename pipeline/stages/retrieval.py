@@ -68,8 +68,7 @@ def main() -> None:
     train_config, evaluate_config = load_section(TrainConfig), load_section(EvaluateConfig)
     config = load_section(RetrievalConfig)
     device = resolve_device(config.device, "retrieval.device")
-    model, payload = load_checkpoint(train_config.checkpoint, device)
-    vocabulary = Vocabulary(tuple(payload["vocabulary"]))
+    model, vocabulary, payload = load_checkpoint(train_config.checkpoint, device)
     references = references_by_image(read_captions(dataset.table, evaluate_config.split))
     if not references:
         raise InputError(f"no {evaluate_config.split} captions in {dataset.table}; check evaluate.split and "

@@ -1,6 +1,7 @@
 """Per-epoch metrics to dvclive (DVC metrics and plots), TensorBoard and the console."""
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from dvclive import Live
 from torch.utils.tensorboard import SummaryWriter
 
 from pipeline.config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 SAMPLES_FILE = "samples.txt"  # greedy captions of a few validation images, every epoch
 
@@ -38,11 +41,12 @@ class EpochLog:
         self.live.next_step()
         with self.samples.open("a", encoding="utf-8") as handle:
             handle.write(f"epoch {epoch}\n" + "".join(f"  {sample}\n" for sample in samples))
-        print(f"epoch {epoch}/{self.config.epochs}: train loss {train_stats['loss']:.3f}, val loss "
-              f"{val_stats['loss']:.3f}, val BLEU-4 {val_stats['bleu4']:.3f}, val CIDEr {val_stats['cider']:.3f}, "
-              f"{train_stats['tokens_per_s']:.0f} tokens/s{' *' if improved else ''}", flush=True)
+        logger.info(f"epoch {epoch}/{self.config.epochs}: train loss {train_stats['loss']:.3f}, val loss "
+                    f"{val_stats['loss']:.3f}, val BLEU-4 {val_stats['bleu4']:.3f}, "
+                    f"val CIDEr {val_stats['cider']:.3f}, {train_stats['tokens_per_s']:.0f} tokens/s"
+                    f"{' *' if improved else ''}")
         for sample in samples:
-            print(f"  {sample}", flush=True)
+            logger.info(f"  {sample}")
 
     def close(self, state: dict[str, Any]) -> None:
         self.live.summary.update({"best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
