@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.api import Captioner
 from pipeline.commands import search
+from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.retrieval.photo_index import PhotoIndexError, open_index, update_index
 
 

@@ -1,6 +1,6 @@
 """The web page: caption a photo, see where each word looked, and search photos by what is in them.
 
-    caption-web [--host 127.0.0.1] [--port 8000] [--index DIR] [--checkpoint best.pt] [--max-queue 16]
+    caption-web [--host 127.0.0.1] [--port 8000] [--index DIR] [--checkpoint best.pt] [--max-queue 32]
     CAPTION_WEB_TOKEN=... caption-web --host 0.0.0.0          # shared on a network: require a token
     (or: python -m pipeline.commands.app ...)
 
@@ -48,7 +48,7 @@ from pipeline.web.uploads import MAX_BODY, decode_photo, open_photo, photo_part
 
 WEB = Path(__file__).resolve().parents[1] / "web"
 TOKEN_ENV = "CAPTION_WEB_TOKEN"
-MAX_QUEUE = 16  # requests waiting for the model; each holds at most one upload (MAX_BODY) in memory
+MAX_QUEUE = 32  # requests waiting for the model; each holds at most one upload (MAX_BODY) in memory
 CONNECTIONS = 64  # open connections and tasks beyond the queue (photos, the page); uvicorn answers 503 past them
 NO_MODEL = "No trained model yet ({checkpoint} not found): run `dvc repro` first, then restart the page."
 EMPTY = ("There are no photos to search yet: index a folder with `caption-search index PHOTOS_DIR` "
