@@ -2,14 +2,14 @@
 
     from pipeline.api import Captioner
 
-    captioner = Captioner("best.pt")                        # device "auto"; beam size etc. from params.yaml
+    captioner = Captioner("best.pt")                  # loaded once; device "auto"
     for result in captioner.caption(["photo.jpg", "holiday/beach.png"]):
-        if result.error:                                    # a file that cannot be read; the others go on
+        if result.error:                              # a file that cannot be read: the others go on
             print(result.source, result.error)
         else:
-            print(result.source, result.text)               # result.words, result.attention (L, G, G)
+            print(result.source, result.text)         # also result.words, result.attention (L, G, G)
 
-    library = captioner.index("holiday")                    # encodes new photos once: holiday/.caption-index
+    library = captioner.index("holiday")              # encodes new photos once: holiday/.caption-index
     for hit in library.search("a dog running on the beach", top=5).hits:
         print(f"{hit.score:.2f} {hit.path} {hit.caption}")
 
