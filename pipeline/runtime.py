@@ -97,15 +97,20 @@ def relaunch_under_torchrun(module: str) -> bool:
 
     The stage's command in dvc.yaml stays `python -m pipeline.stages.<stage>` on every machine (so
     its hash does not change with the number of GPUs); the process count comes from the environment.
+    Called by a stage's `__main__` before `pipeline.cli.run`: this process is then only the launcher,
+    so it shows its one line the way `run` shows a stage's messages.
     """
     import shlex
     import subprocess
     import sys
 
+    from pipeline.cli import configure_logging
+
     options = os.environ.get(TORCHRUN_ENV, "").strip()
     if not options or "RANK" in os.environ:  # not asked for, or already one of torchrun's processes
         return False
     command = [sys.executable, "-m", "torch.distributed.run", *shlex.split(options), "-m", module]
+    configure_logging()
     logger.info(f"{module}: running under torchrun: {' '.join(command[1:])}")
     completed = subprocess.run(command, check=False)
     if completed.returncode:

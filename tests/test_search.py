@@ -114,6 +114,19 @@ def test_search_prints_ranked_photos(photos: Path, trained_project: Path, one_th
     assert "captioning" not in capsys.readouterr().out
 
 
+def test_a_query_of_unknown_words_says_so_in_the_results(photos: Path, one_thread: None,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    assert search.main(["index", str(photos)]) == 0
+    capsys.readouterr()
+    assert search.main(["zebra xylophone", "--index", str(photos / ".caption-index")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# the model knows none of the words zebra, xylophone") and len(lines) == 1 + 3
+    assert all(line.count("\t") == 3 for line in lines[1:])
+    assert search.main(["a zebra", "--index", str(photos / ".caption-index")]) == 0
+    captured = capsys.readouterr()
+    assert not captured.out.startswith("#") and "never seen zebra" in captured.err
+
+
 def test_bad_queries_and_missing_index_are_reported(photos: Path, capsys: pytest.CaptureFixture) -> None:
     assert search.main(["  ?! "]) == 2
     assert "no words" in capsys.readouterr().err

@@ -167,7 +167,7 @@ def create_app(service: Service, token: str | None = None, max_queue: int = MAX_
     def photo(row: int) -> FileResponse:
         return FileResponse(service.photo(row))
 
-    @app.get("/")
+    @app.api_route("/", methods=["GET", "HEAD"])
     def page() -> FileResponse:
         return FileResponse(WEB / "index.html")
 

@@ -2,7 +2,9 @@
 
     data/train/best.pt, data/features/features.h5, data/prepared/captions.csv
         -> metrics/evaluate.json (BLEU-1..4, METEOR, ROUGE-L, CIDEr, attention correctness),
-           data/evaluate/predictions.json, data/evaluate/attention/*.png
+           data/evaluate/predictions.json, data/evaluate/attention/*.png, and the predictions and
+           references in the COCO formats (coco_results.json, coco_image_ids.json,
+           coco_annotations.json: pipeline/evaluation/coco_format.py)
 
 Batched beam search (`evaluate.beam_size`) over the cached features, scored with pycocoevalcap
 against all references of each image (the standard COCO caption evaluation; it needs Java).
@@ -34,6 +36,7 @@ from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
 from pipeline.errors import InputError
 from pipeline.evaluation.attention import attention_correctness, load_objects
+from pipeline.evaluation.coco_format import coco_annotations, coco_results, image_ids
 from pipeline.evaluation.diversity import caption_diversity
 from pipeline.evaluation.figures import draw_attention
 from pipeline.evaluation.scoring import coco_scores, require_java
@@ -99,6 +102,10 @@ def main() -> None:
     with atomic_paths((config.out_dir, "evaluate.out_dir"), (config.metrics, "evaluate.metrics")) as (tmp, scores):
         (tmp / "attention").mkdir(parents=True)
         write_json(tmp / "predictions.json", predictions)
+        ids = image_ids(names)  # the COCO formats (pipeline/evaluation/coco_format.py)
+        write_json(tmp / "coco_results.json", coco_results(hypotheses, ids))
+        write_json(tmp / "coco_image_ids.json", ids)
+        write_json(tmp / "coco_annotations.json", coco_annotations(references, ids))
         for n in names[:config.num_figures]:
             draw_attention(images_dir / n, beam[n].words, beam[n].attention, tmp / "attention" / f"{Path(n).stem}.png",
                            title=hypotheses[n])
