@@ -72,7 +72,8 @@ def test_the_wheel_holds_the_package_its_page_and_params_only(wheel: Path) -> No
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert tops == {"pipeline", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
-    assert {"pipeline/params.yaml", "pipeline/web/index.html", "pipeline/web/app.js", "pipeline/web/style.css",
+    assert {"pipeline/params.yaml", "pipeline/web/static/index.html", "pipeline/web/static/app.js",
+            "pipeline/web/static/style.css",
             "pipeline/api.py", "pipeline/commands/app.py"} <= set(names)
     info = next(name for name in names if name.endswith(".dist-info/METADATA"))
     metadata = zipfile.ZipFile(wheel).read(info).decode()

@@ -22,7 +22,7 @@ from pipeline.web.guards import CONTENT_SECURITY_POLICY
 from pipeline.web.uploads import MAX_BODY
 from tests.test_app import TOKEN, call, form, photos, site  # noqa: F401 - the fixtures
 
-WEB = Path(__file__).resolve().parents[1] / "pipeline/web"
+WEB = Path(__file__).resolve().parents[1] / "pipeline/web/static"
 
 
 def send_streaming(url: str, head: str, chunks: Iterable[bytes]) -> tuple[int, bytes, int]:
@@ -162,6 +162,7 @@ def test_every_response_carries_the_security_headers(site: str) -> None:
         assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
         assert headers["referrer-policy"] == "no-referrer"
     assert [status for status, _, _ in answers] == [200, 200, 200, 404, 401, 404]
+    assert call(site, "/static/guards.py")[0] == 404  # only the page's own files are served
     assert "frame-ancestors 'none'" in CONTENT_SECURITY_POLICY and "script-src 'self';" in CONTENT_SECURITY_POLICY
     status, _, _ = send_streaming(site, oversized, [])
     assert status == 413

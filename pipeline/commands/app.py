@@ -4,7 +4,7 @@
     CAPTION_WEB_TOKEN=... caption-web --host 0.0.0.0          # shared on a network: require a token
     (or: python -m pipeline.commands.app ...)
 
-Serves one static page (pipeline/web: plain HTML and JavaScript) and a small JSON API over
+Serves one static page (pipeline/web/static: plain HTML and JavaScript) and a small JSON API over
 `pipeline.api` (one Captioner, loaded at startup, and the PhotoLibrary it searches):
     POST /api/caption   multipart `photo` -> {caption, words, attention: one G x G grid per word}
     GET  /api/search?q=..&top=..       -> {results: [{url, name, caption, score}], unknown: [words], notice}
@@ -46,7 +46,7 @@ from pipeline.retrieval.ranking import SearchError
 from pipeline.web.guards import LimitBody, ModelQueue, RequireToken, SecurityHeaders, read_body
 from pipeline.web.uploads import MAX_BODY, decode_photo, open_photo, photo_part
 
-WEB = Path(__file__).resolve().parents[1] / "web"
+STATIC = Path(__file__).resolve().parents[1] / "web" / "static"  # the page: index.html, app.js, style.css
 TOKEN_ENV = "CAPTION_WEB_TOKEN"
 MAX_QUEUE = 32  # requests waiting for the model; each holds at most one upload (MAX_BODY) in memory
 CONNECTIONS = 64  # open connections and tasks beyond the queue (photos, the page); uvicorn answers 503 past them
@@ -169,9 +169,9 @@ def create_app(service: Service, token: str | None = None, max_queue: int = MAX_
 
     @app.api_route("/", methods=["GET", "HEAD"])
     def page() -> FileResponse:
-        return FileResponse(WEB / "index.html")
+        return FileResponse(STATIC / "index.html")
 
-    app.mount("/static", StaticFiles(directory=WEB), name="static")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(LimitBody, limit=MAX_BODY)  # the last added runs first: headers, token, body
     app.add_middleware(RequireToken, token=token)
     app.add_middleware(SecurityHeaders)
