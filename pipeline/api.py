@@ -29,7 +29,7 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from PIL import Image
@@ -46,7 +46,7 @@ from pipeline.retrieval.ranking import Gallery, Hit, RankingOptions, Searcher
 from pipeline.runtime import resolve_device
 from pipeline.text import normalise, tokenize
 
-ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]  # noqa: UP007 - a runtime alias
+ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 BATCH_SIZE = 16  # images encoded and decoded at once
 
 

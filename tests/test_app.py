@@ -168,9 +168,9 @@ def wait_for(browser: webdriver.Chrome, condition: Callable[[webdriver.Chrome], 
 def test_upload_shows_caption_alt_text_and_word_heat_maps(page: tuple[webdriver.Chrome, str],
                                                           photos: tuple[Path, Path]) -> None:
     browser, url = page
-    browser.get(f"{url}/?token={TOKEN}")
+    browser.get(f"{url}/#token={TOKEN}")  # a fragment: never sent to the server
     wait_for(browser, lambda b: "4 photos to search" in b.find_element(By.ID, "status").text)
-    assert "token" not in browser.current_url  # taken out of the address bar (and of any Referer)
+    assert "token" not in browser.current_url  # taken out of the address bar
     notice = browser.find_element(By.ID, "notice")
     assert notice.is_displayed() and "the encoder is untrained" in notice.text
     upload(browser, photos[1] / "img_00005.png")
@@ -199,6 +199,11 @@ def search_in(browser: webdriver.Chrome, query: str) -> list[Any]:
 def test_search_finds_the_photo_the_query_describes(page: tuple[webdriver.Chrome, str]) -> None:
     browser, url = page
     browser.get(url)  # the token of the first visit is kept for the tab
+    wait_for(browser, lambda b: "4 photos to search" in b.find_element(By.ID, "status").text)
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(f"{url}/?token={TOKEN}")  # the query form works as well
+    wait_for(browser, lambda b: "4 photos to search" in b.find_element(By.ID, "status").text)
+    assert "token" not in browser.current_url
     figures = search_in(browser, "a green square")
     assert len(figures) == 4 and not browser.find_elements(By.CSS_SELECTOR, "#results .results-notice")
     first = figures[0]

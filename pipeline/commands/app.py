@@ -18,7 +18,7 @@ Content-Length or cut off while they stream in; uploads open only as JPEG, PNG, 
 TIFF, at most 40 megapixels, decoded to the end before use; at most --max-queue requests wait for
 the model (the rest get 503); every response carries security headers. It binds to loopback; any
 other --host is said on stderr, and with --token (or $CAPTION_WEB_TOKEN, which stays out of `ps`)
-every API call needs `Authorization: Bearer TOKEN`: open the page as http://HOST:PORT/?token=TOKEN.
+every API call needs `Authorization: Bearer TOKEN`: open the page as http://HOST:PORT/#token=TOKEN.
 """
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def exposure(host: str, token: str | None) -> str | None:
         loopback = False
     if loopback:
         return None
-    who = f"anyone who can reach {host} can open the page, caption photos and see every indexed photo"
+    who = "anyone who can reach this machine can open the page, caption photos and see every indexed photo"
     if token:
         return f"serving on {host}: {who} once they have the access token"
     return f"serving on {host} without an access token: {who}; set {TOKEN_ENV} (or --token) to require one"
@@ -219,7 +219,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
     for line in (service.message, service.notice, exposure(args.host, args.token)):
         if line:
             print(f"app: {line}", file=sys.stderr)
-    print(f"app: open http://{args.host}:{args.port}/{'?token=TOKEN' if args.token else ''}", flush=True)
+    print(f"app: open http://{args.host}:{args.port}/{'#token=TOKEN' if args.token else ''}", flush=True)
     uvicorn.run(create_app(service, args.token, args.max_queue), host=args.host, port=args.port, workers=1,
                 limit_concurrency=args.max_queue + CONNECTIONS)
 

@@ -78,7 +78,7 @@ class RequireToken:
         given = dict(scope["headers"]).get(b"authorization", b"").removeprefix(b"Bearer ").strip()
         if not hmac.compare_digest(given, self.token.encode()):
             return await answer(send, 401, "This page needs its access token: open it with the address that ends in "
-                                           "?token=... (ask whoever started it).", [(b"www-authenticate", b"Bearer")])
+                                           "#token=... (ask whoever started it).", [(b"www-authenticate", b"Bearer")])
         await self.app(scope, receive, send)
 
 

@@ -4,11 +4,12 @@
 const $ = (id) => document.getElementById(id);
 let attention = [];  // one G x G grid per caption word
 
-// The access token of a page shared on a network: given once as /?token=..., kept for this tab only
-// and taken out of the address bar; sent as a header on every API call, never in a URL.
+// The access token of a page shared on a network: given once in the address, as /#token=... (a
+// fragment never reaches the server or its log) or /?token=...; kept for this tab only and taken
+// out of the address bar; sent as a header on every API call, never in a URL.
 const token = (() => {
   const params = new URLSearchParams(window.location.search);
-  const given = params.get("token");
+  const given = new URLSearchParams(window.location.hash.slice(1)).get("token") || params.get("token");
   if (given) {
     sessionStorage.setItem("token", given);
     params.delete("token");
