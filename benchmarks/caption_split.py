@@ -20,15 +20,13 @@ from pipeline.evaluation.scoring import bleu4
 from pipeline.model.captioner import describe_all, search_options
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.runtime import resolve_device
-from pipeline.text import Vocabulary
 
 
 def main() -> None:
     dataset, encoder_config = load_section(DatasetConfig), load_section(EncoderConfig)
     train_config, config = load_section(TrainConfig), load_section(EvaluateConfig)
     device = resolve_device(config.device)
-    model, payload = load_checkpoint(train_config.checkpoint, device)
-    vocabulary = Vocabulary(tuple(payload["vocabulary"]))
+    model, vocabulary, payload = load_checkpoint(train_config.checkpoint, device)
     references = references_by_image(read_captions(dataset.table, config.split))
     names = sorted(references)
     features = FeatureMatrix(FeatureStore(encoder_config.cache), names, device)

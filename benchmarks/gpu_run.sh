@@ -5,11 +5,12 @@
 #   bash benchmarks/gpu_run.sh                         # from the repository root
 #   IMAGES=50 EPOCHS=1 DEVICE=cpu bash benchmarks/gpu_run.sh /tmp/tiny   # a smoke run anywhere
 #
-# 1. Packages: when a ./.whl folder exists, installs requirements.txt (less torch and torchvision,
-#    which the machine has) from it, offline: pip install --no-index --find-links .whl. Make that
-#    folder on a machine with internet and the same Python and platform:
-#        grep -vE '^(torch|torchvision)==' requirements.txt > /tmp/req.txt
-#        pip download -r /tmp/req.txt -d .whl --only-binary=:all:
+# 1. Packages: when a ./.whl folder exists, installs the lock (requirements.txt) less torch,
+#    torchvision and their CUDA packages (which the machine has) from it, offline: pip install
+#    --no-index --find-links .whl. Make that folder on a machine with PyPI and the same Python and
+#    platform:
+#        python -m benchmarks.offline_requirements > /tmp/req.txt
+#        pip download --no-deps -r /tmp/req.txt -d .whl --only-binary=:all:
 # 2. Data: benchmarks/flickr30k_like.py writes 31,783 JPEGs (~500x375) and 158,915 captions, on all cores.
 # 3. Stages, each timed: prepare, features (nvJPEG decoding and bf16 on CUDA), vocab, embeddings,
 #    train (EPOCHS epochs, default 2), then evaluate with beam 5 on the 1,000 test images; without
@@ -29,8 +30,8 @@ PYTHON=${PYTHON:-python}
 cd "$ROOT"
 
 if [ -d .whl ]; then
-    grep -vE '^(torch|torchvision)([=<>~ ]|$)' requirements.txt > "$WORK/requirements-offline.txt"
-    "$PYTHON" -m pip install --quiet --no-index --find-links .whl -r "$WORK/requirements-offline.txt"
+    "$PYTHON" -m benchmarks.offline_requirements > "$WORK/requirements-offline.txt"
+    "$PYTHON" -m pip install --quiet --no-index --find-links .whl --no-deps -r "$WORK/requirements-offline.txt"
 fi
 missing=$("$PYTHON" - <<'EOF'
 import importlib.util

@@ -13,9 +13,15 @@ failed returns 1); None is 0.
 
 Exit statuses of every stage and command: 0 done; 1 done, but some inputs failed and were reported
 (the caption command's unreadable photos), or a bug (a traceback); 2 an expected error; 130 interrupted.
+
+Library modules log through `logging` (the `pipeline` logger and its children) and never print;
+`configure_logging`, which `exit_status` calls first, shows their messages the way a stage or command
+shows its own: the text alone, information on stdout, warnings and errors on stderr. A program that
+imports the library and configures nothing sees warnings only (Python's last-resort handler).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -29,6 +35,27 @@ DEBUG_ENV = "PIPELINE_DEBUG"
 # Operating-system errors whose message names the path: missing inputs, wrong kinds of path, permissions.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (PipelineError, FileNotFoundError, NotADirectoryError,
                                                     IsADirectoryError, PermissionError)
+
+
+class ConsoleHandler(logging.Handler):
+    """A record's message alone: below WARNING on stdout, the rest on stderr (the streams of the moment)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: logging's own policy
+            self.handleError(record)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Show the library's log messages as the stages and commands print theirs (once per process)."""
+    logger = logging.getLogger("pipeline")
+    logger.setLevel(level)
+    if not any(isinstance(handler, ConsoleHandler) for handler in logger.handlers):
+        logger.addHandler(ConsoleHandler())
+        logger.propagate = False  # shown once, whatever the root logger does
 
 
 def one_line(error: BaseException) -> str:
@@ -50,6 +77,7 @@ def report(error: BaseException, name: str) -> None:
 
 def exit_status(main: Callable[[], int | None], name: str) -> int:
     """Call `main()`; its status (None: 0), or EXIT_CODE after printing an expected error in one line."""
+    configure_logging()
     try:
         status = main()
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger(__name__)
 
 
 def cpu_has_bf16() -> bool:
@@ -97,16 +100,21 @@ def relaunch_under_torchrun(module: str) -> bool:
 
     The stage's command in dvc.yaml stays `python -m pipeline.stages.<stage>` on every machine (so
     its hash does not change with the number of GPUs); the process count comes from the environment.
+    Called by a stage's `__main__` before `pipeline.cli.run`: this process is then only the launcher,
+    so it shows its one line the way `run` shows a stage's messages.
     """
     import shlex
     import subprocess
     import sys
 
+    from pipeline.cli import configure_logging
+
     options = os.environ.get(TORCHRUN_ENV, "").strip()
     if not options or "RANK" in os.environ:  # not asked for, or already one of torchrun's processes
         return False
     command = [sys.executable, "-m", "torch.distributed.run", *shlex.split(options), "-m", module]
-    print(f"{module}: running under torchrun: {' '.join(command[1:])}", flush=True)
+    configure_logging()
+    logger.info(f"{module}: running under torchrun: {' '.join(command[1:])}")
     completed = subprocess.run(command, check=False)
     if completed.returncode:
         raise SystemExit(completed.returncode)
@@ -149,9 +157,9 @@ class Processes:
         return self.rank == 0
 
     def say(self, message: str) -> None:
-        """Print a line for a person, from rank 0 only."""
+        """Log a line for a person, from rank 0 only."""
         if self.main:
-            print(message, flush=True)
+            logger.info(message)
 
     def follow(self, value: Any) -> Any:
         """Rank 0's `value` on every process (`follow_rank_zero`)."""

@@ -74,6 +74,14 @@ def write_params(path: Path, changes: dict[str, dict[str, Any]] | None = None, t
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def library_messages() -> None:
+    """The library's log messages shown as `run` shows them to a person: tests call stages' main() directly."""
+    from pipeline.cli import configure_logging
+
+    configure_logging()
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Tiny tensors: one thread is as fast as two, and stays fast on a busy machine (no spinning)."""

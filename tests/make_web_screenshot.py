@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selenium.webdriver.common.by import By
 
-from pipeline.app import Service
+from pipeline.commands.app import Service, create_app
 from pipeline.config import TrainConfig, load_section
 from tests.test_app import open_browser, serve, wait_for
 
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/web-page.png").resolve())
     args = parser.parse_args()
     os.chdir(args.project)
-    url, server, thread = serve(Service(Path(load_section(TrainConfig).checkpoint), None, "cpu"))
+    url, server, thread = serve(create_app(Service(Path(load_section(TrainConfig).checkpoint), None, "cpu")))
     browser = open_browser(1200, 1500)
     try:
         browser.get(url)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline import caption
+from pipeline.commands import caption
 
 
 @pytest.fixture
@@ -100,3 +100,21 @@ def test_a_damaged_checkpoint_is_one_line(in_trained_project: Path, tmp_path: Pa
     assert caption.main([str(dataset_images(in_trained_project, 1)[0]), "--checkpoint", str(damaged)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"caption: {damaged} cannot be loaded: it is cut off") and err.count("\n") == 1
+
+
+def test_an_untrained_encoder_on_real_photos_is_said_once(in_trained_project: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    from pipeline.files import save_torch
+    from pipeline.model.checkpoint import read_payload
+
+    payload = read_payload(in_trained_project / "data/train/best.pt")
+    images = [str(path) for path in dataset_images(in_trained_project, 2)]
+    for demo in (False, True):
+        payload["encoder"] = {**payload["encoder"], "weights": "none", "demo_dataset": demo}
+        save_torch(tmp_path / "model.pt", payload)
+        assert caption.main([*images, "--checkpoint", str(tmp_path / "model.pt")]) == 0
+        captured = capsys.readouterr()
+        said = [line for line in captured.err.splitlines() if "the encoder is untrained" in line]
+        assert len(said) == (0 if demo else 1) and len(captured.out.splitlines()) == 2
+        if said:
+            assert said[0].startswith("caption: the encoder is untrained (encoder.weights: none)")

@@ -22,7 +22,8 @@ def test_checkpoint_round_trip(tmp_path):
     path = tmp_path / "model.pt"
     torch.save(payload, path)  # loaded back with weights_only=True: plain types only
 
-    loaded, loaded_payload = load_checkpoint(path)
+    loaded, loaded_vocabulary, loaded_payload = load_checkpoint(path)
+    assert loaded_vocabulary.words == tuple(vocabulary)  # the checkpoint's vocabulary, built once
     assert not loaded.training
     assert loaded.config == model.config
     assert loaded_payload["vocabulary"] == vocabulary
@@ -90,7 +91,7 @@ def test_a_checkpoint_whose_parts_do_not_fit_is_refused(tmp_path):
 
 
 def test_features_from_another_encoder_or_of_another_size_are_refused(tmp_path):
-    model, payload = load_checkpoint(saved_checkpoint(tmp_path / "best.pt"))
+    model, _, payload = load_checkpoint(saved_checkpoint(tmp_path / "best.pt"))
     made = payload["encoder"]
     check_features(model, made, "features.h5", {**made, "torch_version": "other"}, E)  # the same encoder: fine
     with pytest.raises(InputError, match=f"features.h5 holds {E * 2}-dim features but the checkpoint's model reads {E}"):

@@ -67,6 +67,16 @@ def test_evaluate_stage_writes_metrics_that_match_its_predictions(trained_projec
     figures = sorted((trained_project / "data/evaluate/attention").glob("*.png"))
     assert [f.stem for f in figures] == [Path(p["image"]).stem for p in predictions[:2]]
 
+    # the same predictions in the COCO formats (tests/test_coco_format.py reads them as pycocoevalcap does)
+    out = trained_project / "data/evaluate"
+    ids = json.loads((out / "coco_image_ids.json").read_text())
+    assert sorted(ids) == [p["image"] for p in predictions] and sorted(ids.values()) == list(range(1, 7))
+    assert json.loads((out / "coco_results.json").read_text()) == [
+        {"image_id": ids[p["image"]], "caption": p["caption"]} for p in predictions]
+    annotations = json.loads((out / "coco_annotations.json").read_text())
+    assert {image["file_name"]: image["id"] for image in annotations["images"]} == ids
+    assert len(annotations["annotations"]) == sum(len(p["references"]) for p in predictions)
+
 
 def test_evaluate_without_object_boxes(trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params = write_params(trained_project / "no_objects.yaml", {"evaluate": {

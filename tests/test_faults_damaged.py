@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.api import Captioner
 from pipeline.cli import exit_status
 from pipeline.encoder.feature_cache import CorruptFeaturesError, FeatureStore
 from pipeline.errors import EXIT_CODE
 from pipeline.model.checkpoint import load_checkpoint
-from pipeline.photos import PhotoCaptioner
 from pipeline.retrieval.dataset_gallery import dataset_gallery
 from pipeline.retrieval.photo_index import open_index, update_index
 from pipeline.retrieval.ranking import RankingOptions, Searcher
@@ -99,7 +99,7 @@ def test_search_over_the_dataset_stops_on_a_damaged_row(trained_project: Path, t
     use_params(tmp_path, monkeypatch, {"encoder": {"cache": str(path)},
                                        "retrieval": {"captions": str(tmp_path / "captions.json")}})
     checkpoint = trained_project / "data/train/best.pt"
-    model, payload = load_checkpoint(checkpoint, CPU)
+    model, _, payload = load_checkpoint(checkpoint, CPU)
     vocabulary = Vocabulary(tuple(payload["vocabulary"]))
 
     def search() -> None:
@@ -127,7 +127,7 @@ def test_a_damaged_photo_index_is_refused_then_mended_by_the_next_update(trained
     photos.mkdir()
     for image in sorted((trained_project / "data/shapes/images").glob("*.png"))[:3]:
         shutil.copy(image, photos / image.name)
-    captioner = PhotoCaptioner(trained_project / "data/train/best.pt", CPU)
+    captioner = Captioner(trained_project / "data/train/best.pt", CPU)
     assert update_index(captioner, photos, show_progress=False).encoded == 3
     index = photos / ".caption-index"
     store = FeatureStore(index / "features.h5")
@@ -137,7 +137,7 @@ def test_a_damaged_photo_index_is_refused_then_mended_by_the_next_update(trained
 
     searcher = Searcher(captioner.model, captioner.vocabulary, open_index(index), CPU)
     with pytest.raises(CorruptFeaturesError,
-                       match=rf"row {row} \(image 'img_00001.png'\) .*run `python -m pipeline.search index "
+                       match=rf"row {row} \(image 'img_00001.png'\) .*run `caption-search index "
                              rf"{photos.resolve()}` again"):
         searcher.search("a red circle")
     report = update_index(captioner, photos, show_progress=False)
@@ -158,7 +158,7 @@ def test_a_photo_index_that_cannot_be_checked_is_encoded_again(trained_project: 
     photos.mkdir()
     for image in sorted((trained_project / "data/shapes/images").glob("*.png"))[:2]:
         shutil.copy(image, photos / image.name)
-    captioner = PhotoCaptioner(trained_project / "data/train/best.pt", CPU)
+    captioner = Captioner(trained_project / "data/train/best.pt", CPU)
     update_index(captioner, photos, show_progress=False)
     features = photos / ".caption-index" / "features.h5"
     if damage == "cut off":

@@ -149,7 +149,7 @@ def test_scst_fine_tunes_keeps_the_best_epoch_and_evaluate_reports_both_models(
     out = capsys.readouterr().out
     assert "scst epoch 0 (the cross-entropy model)" in out and "scst epoch 2/2: reward" in out
     progress = torch.load(project / "runs/on/last.pt", weights_only=True)["state"]
-    model, payload = load_checkpoint(project / "runs/on/best.pt")
+    _, _, payload = load_checkpoint(project / "runs/on/best.pt")
     assert payload["epoch"] == progress["best_epoch"] and payload["val_cider"] == pytest.approx(progress["best_score"])
     assert progress["best_score"] >= progress["start_score"]  # the cross-entropy model competes as epoch 0
     plots = project / "runs/on/metrics/plots/metrics"

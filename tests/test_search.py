@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import search
+from pipeline.api import Captioner
+from pipeline.commands import search
 from pipeline.encoder.feature_cache import FeatureStore
-from pipeline.photos import PhotoCaptioner
 from pipeline.retrieval.photo_index import PhotoIndexError, open_index, update_index
 
 
@@ -65,7 +65,7 @@ def test_index_encodes_each_photo_once(photos: Path, trained_project: Path, one_
 
 def test_an_interrupted_index_is_incomplete_and_resumes(photos: Path, trained_project: Path, one_thread: None,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    captioner = PhotoCaptioner(trained_project / "data/train/best.pt", torch.device("cpu"))
+    captioner = Captioner(trained_project / "data/train/best.pt", torch.device("cpu"))
     encode, calls = captioner.features, []
 
     def fail_second_batch(pixels: torch.Tensor) -> torch.Tensor:
@@ -114,6 +114,19 @@ def test_search_prints_ranked_photos(photos: Path, trained_project: Path, one_th
     assert "captioning" not in capsys.readouterr().out
 
 
+def test_a_query_of_unknown_words_says_so_in_the_results(photos: Path, one_thread: None,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    assert search.main(["index", str(photos)]) == 0
+    capsys.readouterr()
+    assert search.main(["zebra xylophone", "--index", str(photos / ".caption-index")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# the model knows none of the words zebra, xylophone") and len(lines) == 1 + 3
+    assert all(line.count("\t") == 3 for line in lines[1:])
+    assert search.main(["a zebra", "--index", str(photos / ".caption-index")]) == 0
+    captured = capsys.readouterr()
+    assert not captured.out.startswith("#") and "never seen zebra" in captured.err
+
+
 def test_bad_queries_and_missing_index_are_reported(photos: Path, capsys: pytest.CaptureFixture) -> None:
     assert search.main(["  ?! "]) == 2
     assert "no words" in capsys.readouterr().err
@@ -152,7 +165,7 @@ def test_a_damaged_manifest_is_reported_and_indexing_starts_over(photos: Path, o
         capsys.readouterr()
         assert search.main(["a red circle", "--index", str(photos / ".caption-index")]) == 2
         err = capsys.readouterr().err
-        assert "captions.json is" in err and "run `python -m pipeline.search index` on its folder again" in err
+        assert "captions.json is" in err and "run `caption-search index` on its folder again" in err
     # features.h5 names a photo that the (lost) manifest does not, and that photo is gone
     (photos / "img_00000.png").unlink()
     assert search.main(["index", str(photos)]) == 0
@@ -194,4 +207,5 @@ def test_search_over_the_dataset_refuses_features_of_another_encoder(trained_pro
     assert search.main(["a red circle", "--top", "3"]) != 0
     err = capsys.readouterr().err
     assert "features.h5 was made by another encoder than the checkpoint was trained on (image_size 96, not 64" in err
-    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "captions.json").exists()
+    errors = [line for line in err.strip().splitlines() if "encoder is untrained" not in line]  # the model's notice
+    assert len(errors) == 1 and not (tmp_path / "captions.json").exists()

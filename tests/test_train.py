@@ -61,8 +61,9 @@ def test_resumed_run_equals_uninterrupted_run(in_tiny_project: Path, monkeypatch
 
 
 def test_best_checkpoint_rebuilds_the_model_standardised_with_training_images_only(trained_project: Path) -> None:
-    model, payload = load_checkpoint(trained_project / "data/train/best.pt")
-    vocabulary = payload["vocabulary"]
+    model, vocabulary, payload = load_checkpoint(trained_project / "data/train/best.pt")
+    vocabulary = list(vocabulary.words)
+    assert vocabulary == payload["vocabulary"]
     assert vocabulary[:4] == list(SPECIAL_TOKENS)
     assert model.config.vocab_size == len(vocabulary)
     assert model.config.max_caption_length == 12  # model.max_caption_length of the tiny params

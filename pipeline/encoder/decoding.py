@@ -16,6 +16,7 @@ This GPU path has been exercised here only with device='cpu' (the same code, CPU
 from __future__ import annotations
 
 import io
+import logging
 import os
 from typing import NamedTuple
 
@@ -25,6 +26,8 @@ from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from pipeline.encoder.images import IMAGE_ERRORS
+
+logger = logging.getLogger(__name__)
 
 GPU_DECODE_ENV = "PIPELINE_GPU_DECODE"  # 0 turns nvJPEG decoding off on CUDA
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -64,7 +67,7 @@ def gpu_decode_wanted(device: torch.device) -> bool:
     try:
         decode_jpeg([probe], mode=ImageReadMode.RGB, device=device)
     except RuntimeError as error:  # torchvision built without nvJPEG
-        print(f"features: nvJPEG is not available ({str(error).splitlines()[0]}); decoding on the CPU")
+        logger.info(f"features: nvJPEG is not available ({str(error).splitlines()[0]}); decoding on the CPU")
         return False
     return True
 

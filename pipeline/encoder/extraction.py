@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ from pipeline.encoder.images import ImageReadError, load_image
 from pipeline.encoder.resnet import FEATURE_DIM, Encoder, encode
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
+
+logger = logging.getLogger(__name__)
 
 INPUTS = "inputs_sha256"  # attr of a partial file: the stage's declared deps and params (resume identity)
 DONE = "done"  # (N,) bool dataset of the partial file: which rows hold finished features
@@ -87,7 +90,7 @@ def open_partial(path: Path, names: Sequence[str], attrs: dict[str, Any], num_re
         reason = resume_blocker(path, attrs)
         if reason is None:
             return h5py.File(path, "r+", rdcc_nbytes=0)
-        print(f"features: starting over: {path} cannot be continued: {reason}")
+        logger.info(f"features: starting over: {path} cannot be continued: {reason}")
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
     file = h5py.File(path, "w", rdcc_nbytes=0)  # no chunk cache: a failed write raises here, not when h5py frees it

@@ -24,6 +24,7 @@ when the read-ahead thread found it).
 """
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import re
@@ -38,6 +39,8 @@ import torch
 
 from pipeline.encoder.feature_cache import FEATURES, FeatureStore
 from pipeline.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 MEMORY_ENV = "PIPELINE_FEATURE_MEMORY"
 MEMORY_FRACTION = 0.5  # of the free memory, when neither the caller nor the environment sets a budget
@@ -158,10 +161,10 @@ class FeatureMatrix:
         self.resident = size <= budget
         if announce and int(os.environ.get("RANK", "0")) == 0:
             where = "GPU memory" if device.type == "cuda" else "RAM"
-            print(f"features: {len(self.names):,} images ({gigabytes(size)}) "
-                  + (f"held in {where}: within the {gigabytes(budget)} budget ({source})" if self.resident else
-                     f"streamed from {store.path}, {READ_AHEAD} batches read ahead: over the "
-                     f"{gigabytes(budget)} budget ({source})"), flush=True)
+            logger.info(f"features: {len(self.names):,} images ({gigabytes(size)}) "
+                        + (f"held in {where}: within the {gigabytes(budget)} budget ({source})" if self.resident else
+                           f"streamed from {store.path}, {READ_AHEAD} batches read ahead: over the "
+                           f"{gigabytes(budget)} budget ({source})"))
         self._data = self._load() if self.resident else None  # (N, P, E)
 
     def _dataset(self) -> h5py.Dataset:

@@ -4,6 +4,7 @@
     unreadable_images(folder, names) -> {name: error}   check_image over a dataset (prepare)
     read_rgb(path) -> (3, H, W) uint8   the full image, upright, 16-bit scaled to 8-bit (figures)
     load_image(path, size) -> (3, size, size) uint8     what the encoder sees
+    pil_pixels(image), resize_pixels(pixels, size)      the same steps for an image already in memory
 
 A file is unreadable when PIL cannot open it, it has more than MAX_PIXELS pixels (PIL's
 decompression-bomb limit), or its data cannot be decoded to the end (a truncated JPEG: PIL's
@@ -150,19 +151,33 @@ def read_rgb(path: str | Path) -> torch.Tensor:
 
 def _read_with_pil(path: Path) -> torch.Tensor:
     """The strict PIL decode: (3, H, W) uint8, or uint16 for 16-bit greyscale."""
+    try:
+        with _strict_pil(), _open_checked(path) as opened:
+            return pil_pixels(opened)
+    except IMAGE_ERRORS as error:
+        raise _error(path, error) from error
+
+
+def pil_pixels(image: Image.Image) -> torch.Tensor:
+    """A PIL image as the encoder reads it: upright (EXIF), RGB (3, H, W) uint8, or uint16 for 16-bit greyscale."""
     import torch
     from torchvision.transforms.v2 import functional as TF
 
-    try:
-        with _strict_pil(), _open_checked(path) as opened:
-            upright = ImageOps.exif_transpose(opened)
-            if upright.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit greyscale: keep every bit
-                grey = torch.from_numpy(np.asarray(upright, dtype=np.int32).clip(0, 65535).astype(np.uint16))
-                return grey.expand(3, *grey.shape).contiguous()  # (3, H, W) uint16
-            rgb = upright.convert("RGB")
-    except IMAGE_ERRORS as error:
-        raise _error(path, error) from error
-    return TF.pil_to_tensor(rgb)  # (3, H, W)
+    upright = ImageOps.exif_transpose(image)
+    if upright.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit greyscale: keep every bit
+        grey = torch.from_numpy(np.asarray(upright, dtype=np.int32).clip(0, 65535).astype(np.uint16))
+        return grey.expand(3, *grey.shape).contiguous()  # (3, H, W) uint16
+    return TF.pil_to_tensor(upright.convert("RGB"))  # (3, H, W)
+
+
+def resize_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, H, W) RGB -> (3, size, size) uint8: the WHOLE image resized with antialiasing (16-bit scaled)."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    if pixels.dtype != torch.uint8:  # 16-bit: (3, H, W) uint16
+        pixels = TF.to_dtype(pixels, torch.uint8, scale=True)
+    return TF.resize(pixels, [size, size], antialias=True)  # (3, size, size)
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
@@ -172,8 +187,6 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
     its edges may be cut off, and the attention maps must align with the full image when they are
     drawn over it. Raises ImageReadError naming the file when it cannot be read (see read_rgb).
     """
-    from torchvision.transforms.v2 import functional as TF
-
-    return TF.resize(read_rgb(path), [size, size], antialias=True)  # (3, size, size)
+    return resize_pixels(read_rgb(path), size)  # (3, size, size)
 
 

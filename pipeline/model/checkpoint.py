@@ -6,7 +6,7 @@ import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -20,6 +20,14 @@ LOAD_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.
                TypeError, AttributeError, IndexError)
 REQUIRED = ("model_config", "state_dict", "vocabulary", "encoder")
 ENCODER_KEYS = ("architecture", "weights", "weights_sha256", "image_size", "grid")  # what decides the features
+
+
+class LoadedCheckpoint(NamedTuple):
+    """A loaded checkpoint: the decoder (eval mode, on the device), its vocabulary and the whole payload."""
+
+    model: CaptionDecoder
+    vocabulary: Vocabulary
+    payload: dict[str, Any]  # model_config, state_dict, vocabulary, encoder (the features' provenance), ...
 
 
 def checkpoint_payload(model: CaptionDecoder, vocabulary: list[str], encoder: dict[str, Any],
@@ -42,8 +50,11 @@ def read_payload(path: str | Path, device: torch.device | str = "cpu") -> Any:
                          f"({type(error).__name__}{': ' + detail if detail else ''})") from error
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[CaptionDecoder, dict[str, Any]]:
-    """Rebuild the decoder from a checkpoint (eval mode) and return it with the whole payload."""
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
+    """Rebuild the decoder from a checkpoint (eval mode) and return it with its vocabulary and the whole payload.
+
+        model, vocabulary, payload = load_checkpoint("data/train/best.pt", device)
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found; run `dvc repro train` (or `dvc pull`) first")
@@ -68,14 +79,14 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
                          f"another version ({' '.join(str(error).split())[:200]}); {retrain}") from error
     words = payload["vocabulary"]
     try:
-        Vocabulary(tuple(words))  # its own check: the special tokens first, in their order
+        vocabulary = Vocabulary(tuple(words))  # its own check: the special tokens first, in their order
     except (TypeError, ValueError) as error:
         raise InputError(f"{path}: its vocabulary does not start with {', '.join(SPECIAL_TOKENS)}, so its word ids "
                          f"mean something else; {retrain}") from error
     if len(words) != model.config.vocab_size:
         raise InputError(f"{path} holds {len(words)} vocabulary words for a model of "
                          f"{model.config.vocab_size}; {retrain}")
-    return model.to(device).eval(), payload
+    return LoadedCheckpoint(model.to(device).eval(), vocabulary, payload)
 
 
 def check_features(model: CaptionDecoder, encoder: Mapping[str, Any], cache: str | Path,

@@ -7,6 +7,7 @@ The caption file is a cache: {"checkpoint_sha256", "options": beam search settin
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from pipeline.model.decoder import CaptionDecoder
 from pipeline.retrieval.ranking import Gallery
 from pipeline.text import Vocabulary
 
+logger = logging.getLogger(__name__)
+
 
 def read_cache(path: Path) -> dict:
     """The caption cache, or {} when there is none or it cannot be read (said: its captions are made again)."""
@@ -33,11 +36,11 @@ def read_cache(path: Path) -> dict:
     try:
         cached = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as error:  # cut off, not JSON, not UTF-8
-        print(f"search: {path} is unreadable ({error}); making it again")
+        logger.info(f"search: {path} is unreadable ({error}); making it again")
         return {}
     captions = cached.get("captions") if isinstance(cached, dict) else None
     if not isinstance(captions, dict) or not all(isinstance(text, str) for text in captions.values()):
-        print(f"search: {path} is not a caption cache; making it again")
+        logger.info(f"search: {path} is not a caption cache; making it again")
         return {}
     return cached
 
@@ -62,7 +65,7 @@ def dataset_gallery(model: CaptionDecoder, vocabulary: Vocabulary, checkpoint: P
     captions: dict[str, str] = cached.get("captions", {}) if {k: cached.get(k) for k in key} == key else {}
     todo = [name for name in names if name not in captions]
     if todo:
-        print(f"search: captioning {len(todo)} images once (kept in {path})")
+        logger.info(f"search: captioning {len(todo)} images once (kept in {path})")
 
         def features_of(chunk: list[str]) -> torch.Tensor:
             return store[rows[np.searchsorted(names, chunk)]].to(device)

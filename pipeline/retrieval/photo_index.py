@@ -1,6 +1,6 @@
 """A folder of photos made searchable: each photo encoded once and captioned, kept beside the folder.
 
-    python -m pipeline.search index PHOTOS_DIR [--index DIR]      (default DIR: PHOTOS_DIR/.caption-index)
+    caption-search index PHOTOS_DIR [--index DIR]               (default DIR: PHOTOS_DIR/.caption-index)
 
 DIR/features.h5 has the feature cache's layout (`pipeline.encoder.feature_cache`), made with the
 checkpoint's encoder; DIR/captions.json holds {"photos": folder, "checkpoint_sha256", "files":
@@ -22,10 +22,9 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -39,8 +38,12 @@ from pipeline.encoder.resnet import file_sha256
 from pipeline.errors import InputError
 from pipeline.files import list_files, write_json
 from pipeline.model.captioner import describe
-from pipeline.photos import PhotoCaptioner
 from pipeline.retrieval.ranking import Gallery
+
+logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from pipeline.api import Captioner
 
 INDEX_DIR = ".caption-index"
 FEATURES_FILE, CAPTIONS_FILE, PARTIAL_FILE = "features.h5", "captions.json", ".features.h5.partial"
@@ -130,7 +133,7 @@ def indexed_names(features: Path, attrs: dict[str, Any]) -> tuple[list[str], str
     return [name for row, name in enumerate(store.names) if row not in damaged], None
 
 
-def encode_new(captioner: PhotoCaptioner, files: ImageFiles, store: h5py.File, batch_size: int,
+def encode_new(captioner: Captioner, files: ImageFiles, store: h5py.File, batch_size: int,
                show_progress: bool) -> tuple[int, dict[str, str]]:
     """Encode the photos not yet done in the partial `store`; returns (encoded, {name: why} of bad files)."""
     todo = np.flatnonzero(~store[DONE][()]).tolist()
@@ -164,7 +167,7 @@ def write_features(out: Path, kept: Sequence[str], partial: Path | None, attrs: 
     return write_cache(out, sources, attrs, num_regions, DTYPE)
 
 
-def caption_missing(captioner: PhotoCaptioner, features: Path, captions: dict[str, str], batch_size: int) -> int:
+def caption_missing(captioner: Captioner, features: Path, captions: dict[str, str], batch_size: int) -> int:
     """Caption, from their stored features, the indexed photos `captions` lacks; returns how many."""
     store = FeatureStore(features)
     todo = [row for row, name in enumerate(store.names) if name not in captions]
@@ -176,7 +179,7 @@ def caption_missing(captioner: PhotoCaptioner, features: Path, captions: dict[st
     return len(todo)
 
 
-def update_index(captioner: PhotoCaptioner, photos: Path, index_dir: Path | None = None, batch_size: int = 16,
+def update_index(captioner: Captioner, photos: Path, index_dir: Path | None = None, batch_size: int = 16,
                  show_progress: bool = True) -> IndexReport:
     """Bring the index of `photos` up to date with the folder and the model; see the module docstring."""
     photos = Path(photos)
@@ -192,11 +195,11 @@ def update_index(captioner: PhotoCaptioner, photos: Path, index_dir: Path | None
     try:
         manifest = read_manifest(index_dir)
     except PhotoIndexError as error:
-        print(f"index: encoding every photo again: {error}", file=sys.stderr)
+        logger.warning(f"index: encoding every photo again: {error}")
         manifest = empty_manifest()
     old, reason = indexed_names(features, attrs)
     if reason:
-        print(f"index: encoding every photo again: {features} cannot be kept: {reason}")
+        logger.info(f"index: encoding every photo again: {features} cannot be kept: {reason}")
     kept = [name for name in old if name in stamps and manifest["files"].get(name) == stamps[name]]
     new = sorted(set(names) - set(kept))
     num_regions = int(captioner.encoder_info["grid"]) ** 2
@@ -228,27 +231,27 @@ def open_index(index_dir: Path, checkpoint: Path | None = None) -> Gallery:
     features, manifest_path = index_dir / FEATURES_FILE, index_dir / CAPTIONS_FILE
     if not features.is_file() or not manifest_path.is_file():
         raise PhotoIndexError(f"{index_dir} is not a photo index; "
-                              "make it with `python -m pipeline.search index PHOTOS_DIR`")
+                              "make it with `caption-search index PHOTOS_DIR`")
     try:
         manifest = read_manifest(index_dir)
     except PhotoIndexError as error:
-        raise PhotoIndexError(f"{error}; run `python -m pipeline.search index` on its folder again") from error
-    store = FeatureStore(features, repair=f"run `python -m pipeline.search index {manifest.get('photos', '')}` "
+        raise PhotoIndexError(f"{error}; run `caption-search index` on its folder again") from error
+    store = FeatureStore(features, repair=f"run `caption-search index {manifest.get('photos', '')}` "
                                           "again: it encodes the damaged photos again")
     missing = [name for name in store.names if name not in manifest["captions"]]
     if missing:
         raise PhotoIndexError(f"{index_dir} is incomplete ({len(missing)} photos without a caption); "
-                          f"run `python -m pipeline.search index` on its folder again")
+                          f"run `caption-search index` on its folder again")
     if checkpoint is not None and manifest.get("checkpoint_sha256") != file_sha256(Path(checkpoint)):
         raise PhotoIndexError(f"{index_dir} was made with another model than {checkpoint}; "
-                          f"run `python -m pipeline.search index` on its folder again")
+                          f"run `caption-search index` on its folder again")
     folder = Path(manifest["photos"])
     on_disk = [(folder / name).is_file() for name in store.names]
     present = [row for row, found in enumerate(on_disk) if found]
     gone = sorted(name for name, found in zip(store.names, on_disk) if not found)
     if gone:
-        print(f"search: {len(gone)} of {len(store)} indexed photos are no longer in {folder} (first: {gone[0]}) "
-              f"and are left out; run `python -m pipeline.search index {folder}` to update the index", file=sys.stderr)
+        logger.warning(f"search: {len(gone)} of {len(store)} indexed photos are no longer in {folder} "
+                       f"(first: {gone[0]}) and are left out; run `caption-search index {folder}` to update the index")
     names = [store.names[row] for row in present]
     return Gallery(names, [folder / name for name in names], [manifest["captions"][name] for name in names], store,
                    np.array(present, dtype=np.int64))

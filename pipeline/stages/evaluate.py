@@ -2,7 +2,9 @@
 
     data/train/best.pt, data/features/features.h5, data/prepared/captions.csv
         -> metrics/evaluate.json (BLEU-1..4, METEOR, ROUGE-L, CIDEr, attention correctness),
-           data/evaluate/predictions.json, data/evaluate/attention/*.png
+           data/evaluate/predictions.json, data/evaluate/attention/*.png, and the predictions and
+           references in the COCO formats (coco_results.json, coco_image_ids.json,
+           coco_annotations.json: pipeline/evaluation/coco_format.py)
 
 Batched beam search (`evaluate.beam_size`) over the cached features, scored with pycocoevalcap
 against all references of each image (the standard COCO caption evaluation; it needs Java).
@@ -37,6 +39,7 @@ from pipeline.encoder.feature_matrix import FeatureMatrix
 from pipeline.encoder.resnet import file_sha256
 from pipeline.errors import InputError
 from pipeline.evaluation.attention import attention_correctness, load_objects
+from pipeline.evaluation.coco_format import coco_annotations, coco_results, image_ids
 from pipeline.evaluation.diversity import caption_diversity
 from pipeline.evaluation.figures import draw_attention
 from pipeline.evaluation.scoring import coco_scores, require_java
@@ -101,14 +104,19 @@ def write_outputs(config: EvaluateConfig, images: Path, references: dict[str, li
                   greedy: Decoded, metrics: dict) -> None:
     """Predictions, attention figures and scores, replacing the old ones together."""
     names = sorted(references)
-    predictions = [{"image": n, "caption": beam[n].text, "greedy": greedy[n].text, "references": references[n]}
+    hypotheses = {n: beam[n].text for n in names}
+    predictions = [{"image": n, "caption": hypotheses[n], "greedy": greedy[n].text, "references": references[n]}
                    for n in names]
     with atomic_paths((config.out_dir, "evaluate.out_dir"), (config.metrics, "evaluate.metrics")) as (tmp, scores):
         (tmp / "attention").mkdir(parents=True)
         write_json(tmp / "predictions.json", predictions)
+        ids = image_ids(names)  # the COCO formats (pipeline/evaluation/coco_format.py)
+        write_json(tmp / "coco_results.json", coco_results(hypotheses, ids))
+        write_json(tmp / "coco_image_ids.json", ids)
+        write_json(tmp / "coco_annotations.json", coco_annotations(references, ids))
         for n in names[:config.num_figures]:
             draw_attention(images / n, beam[n].words, beam[n].attention, tmp / "attention" / f"{Path(n).stem}.png",
-                           title=beam[n].text)
+                           title=hypotheses[n])
         scores.write_text(json_text(metrics), encoding="utf-8")
 
 
@@ -117,7 +125,7 @@ def main() -> None:
     train, scst, config = load_section(TrainConfig), load_section(ScstConfig), load_section(EvaluateConfig)
     require_java()  # fail before the slow part, not after it
     device = resolve_device(config.device, "evaluate.device")
-    model, payload = load_checkpoint(scst.checkpoint, device)
+    model, vocabulary, payload = load_checkpoint(scst.checkpoint, device)
     table = read_captions(dataset.table, config.split)
     if table.empty:
         raise InputError(f"no {config.split} captions in {dataset.table}; check evaluate.split and "
@@ -129,13 +137,13 @@ def main() -> None:
     check_features(model, payload["encoder"], store.path, store.attrs, store.feature_dim)
     features = FeatureMatrix(store, names, device)
     training_captions = read_captions(dataset.table, "train")["caption"]
-    metrics, beam, greedy = score(model, Vocabulary(tuple(payload["vocabulary"])), features, references, config,
+    metrics, beam, greedy = score(model, vocabulary, features, references, config,
                                   training_captions, boxes)
     metrics.update(images=len(names), beam_size=config.beam_size, checkpoint_epoch=int(payload.get("epoch", 0)))
     if file_sha256(Path(scst.checkpoint)) != file_sha256(Path(train.checkpoint)):  # self-critical training ran
-        before, before_payload = load_checkpoint(train.checkpoint, device)
+        before, before_vocabulary, before_payload = load_checkpoint(train.checkpoint, device)
         check_features(before, before_payload["encoder"], store.path, store.attrs, store.feature_dim)
-        metrics["cross_entropy"] = score(before, Vocabulary(tuple(before_payload["vocabulary"])), features,
+        metrics["cross_entropy"] = score(before, before_vocabulary, features,
                                          references, config, training_captions, boxes)[0]
         metrics["cross_entropy"]["checkpoint_epoch"] = int(before_payload.get("epoch", 0))
     write_outputs(config, Path(dataset.images), references, beam, greedy, metrics)

@@ -68,8 +68,7 @@ def main() -> None:
     scst, evaluate_config = load_section(ScstConfig), load_section(EvaluateConfig)
     config = load_section(RetrievalConfig)
     device = resolve_device(config.device, "retrieval.device")
-    model, payload = load_checkpoint(scst.checkpoint, device)
-    vocabulary = Vocabulary(tuple(payload["vocabulary"]))
+    model, vocabulary, payload = load_checkpoint(scst.checkpoint, device)
     references = references_by_image(read_captions(dataset.table, evaluate_config.split))
     if not references:
         raise InputError(f"no {evaluate_config.split} captions in {dataset.table}; check evaluate.split and "

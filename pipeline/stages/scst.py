@@ -77,8 +77,7 @@ def main() -> None:
             cluster.say(f"scst: {files.last} already holds this run, finished after epoch {training.progress.epoch} "
                         f"(best epoch {training.progress.best_epoch}); nothing to train")
             return
-        model, payload = load_checkpoint(train.checkpoint, cluster.device)
-        vocabulary = Vocabulary(tuple(payload["vocabulary"]))
+        model, vocabulary, payload = load_checkpoint(train.checkpoint, cluster.device)
         check_vocabulary(vocabulary, Path(vocab.path), Path(train.checkpoint))
         data = load_training_data(Path(dataset.table), vocabulary, Path(encoder.cache),
                                   model.config.max_caption_length, cluster.device)

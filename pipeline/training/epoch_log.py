@@ -1,12 +1,16 @@
 """Per-epoch metrics to dvclive (DVC metrics and plots), TensorBoard and the console."""
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from dvclive import Live
 from torch.utils.tensorboard import SummaryWriter
+
+logger = logging.getLogger(__name__)
+
 
 SAMPLES_FILE = "samples.txt"  # greedy captions of a few validation images, every epoch
 
@@ -36,9 +40,9 @@ class EpochLog:
         self.live.next_step()
         with self.samples.open("a", encoding="utf-8") as handle:
             handle.write(f"epoch {epoch}\n" + "".join(f"  {sample}\n" for sample in samples))
-        print(line, flush=True)
+        logger.info(line)
         for sample in samples:
-            print(f"  {sample}", flush=True)
+            logger.info(f"  {sample}")
 
     def close(self, summary: dict[str, Any]) -> None:
         """Write the run's summary (best epoch, epochs run, best score) and close the writers."""

@@ -4,6 +4,26 @@
 const $ = (id) => document.getElementById(id);
 let attention = [];  // one G x G grid per caption word
 
+// The access token of a page shared on a network: given once in the address, as /#token=... (a
+// fragment never reaches the server or its log) or /?token=...; kept for this tab only and taken
+// out of the address bar; sent as a header on every API call, never in a URL.
+const token = (() => {
+  const params = new URLSearchParams(window.location.search);
+  const given = new URLSearchParams(window.location.hash.slice(1)).get("token") || params.get("token");
+  if (given) {
+    sessionStorage.setItem("token", given);
+    params.delete("token");
+    const rest = params.toString();
+    history.replaceState(null, "", window.location.pathname + (rest ? `?${rest}` : ""));
+  }
+  return sessionStorage.getItem("token");
+})();
+
+function api(path, options = {}) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  return fetch(path, { ...options, headers });
+}
+
 function showMessage(element, text) {
   element.textContent = text;
   element.hidden = !text;
@@ -65,7 +85,7 @@ async function caption(file) {
   form.append("photo", file);
   let response;
   try {
-    response = await fetch("/api/caption", { method: "POST", body: form });
+    response = await api("/api/caption", { method: "POST", body: form });
   } catch {
     showMessage($("message"), "The server cannot be reached.");
     return;
@@ -104,37 +124,69 @@ async function search(event) {
     return;
   }
   showMessage($("search-message"), "");
-  const response = await fetch(`/api/search?q=${encodeURIComponent(query)}&top=12`);
+  let response;
+  try {
+    response = await api(`/api/search?q=${encodeURIComponent(query)}&top=12`);
+  } catch {
+    showMessage($("search-message"), "The server cannot be reached.");
+    return;
+  }
   if (!response.ok) {
     showMessage($("search-message"), await errorText(response));
     return;
   }
   const body = await response.json();
-  if (body.unknown.length) {
+  if (body.unknown.length && !body.notice) {
     showMessage($("search-message"), `The model has never seen: ${body.unknown.join(", ")}.`);
+  }
+  if (body.notice) {  // no word of the query is known: the order says nothing, and the results say so
+    const notice = document.createElement("p");
+    notice.className = "notice results-notice";
+    notice.textContent = `${body.notice[0].toUpperCase()}${body.notice.slice(1)}.`;
+    results.append(notice);
   }
   for (const hit of body.results) {
     const figure = document.createElement("figure");
     const image = document.createElement("img");
-    image.src = hit.url;
     image.alt = hit.caption;
-    image.loading = "lazy";
+    showPhoto(image, hit.url);
     const text = document.createElement("figcaption");
     text.textContent = hit.caption;
     const score = document.createElement("div");
     score.className = "score";
-    score.textContent = `${hit.name} · score ${hit.score.toFixed(2)}`;
+    score.textContent = body.notice ? `${hit.name} · no known word` : `${hit.name} · score ${hit.score.toFixed(2)}`;
     text.append(score);
     figure.append(image, text);
     results.append(figure);
   }
 }
 
+// a searched photo, fetched with the token (an <img src> could not send it)
+async function showPhoto(image, url) {
+  try {
+    const response = await api(url);
+    if (response.ok) image.src = URL.createObjectURL(await response.blob());
+  } catch {
+    // the photo stays empty; its caption and name are shown
+  }
+}
+
 async function start() {
-  const response = await fetch("/api/status");
+  let response;
+  try {
+    response = await api("/api/status");
+  } catch {
+    showMessage($("status"), "The server cannot be reached.");
+    return;
+  }
+  if (!response.ok) {
+    showMessage($("status"), await errorText(response));
+    return;
+  }
   const body = await response.json();
   const photos = body.photos ? `${body.photos} photos to search.` : "";
   showMessage($("status"), [body.message, photos].filter(Boolean).join(" "));
+  showMessage($("notice"), body.notice ? `Note: ${body.notice}.` : "");
   $("photo").addEventListener("change", (event) => {
     if (event.target.files.length) caption(event.target.files[0]);
     event.target.value = "";

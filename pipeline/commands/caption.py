@@ -1,14 +1,17 @@
 """Caption new photos with the trained model, and draw where it looked.
 
-    python -m pipeline.caption photo.jpg [more.jpg ...] [--attention attention.png]
+    caption photo.jpg [more.jpg ...] [--attention attention.png] [--checkpoint best.pt]
+    (or: python -m pipeline.commands.caption ...)
 
 Runs the encoder the checkpoint's features were made with (weights, input size and precision are
-stored in the checkpoint), then batched beam search, and prints one `IMAGE<TAB>caption` line per
-image. An image that cannot be read is reported on stderr and the others are still captioned; the
-exit status is 1 when any failed. With --attention, writes the attention figure (the image, then
-one heat map per word); for several images, one file each, named after the image's path so that
-no two images share a figure. The checkpoint and beam size default to params.yaml's
-`train.checkpoint` and `evaluate.beam_size` when run in the project.
+stored in the checkpoint), then batched beam search (`pipeline.api.Captioner`), and prints one
+`IMAGE<TAB>caption` line per image. An image that cannot be read is reported on stderr and the
+others are still captioned; the exit status is 1 when any failed. With --attention, writes the
+attention figure (the image, then one heat map per word); for several images, one file each, named
+after the image's path so that no two images share a figure. In a project (./params.yaml or
+$PIPELINE_PARAMS) the checkpoint and decoding options default to its `scst.checkpoint` (the final model) and
+`evaluate.*`; elsewhere --checkpoint is required and the decoding options are the package's defaults.
+When the checkpoint's encoder is untrained and its data not the demo, one line on stderr says so.
 """
 from __future__ import annotations
 
@@ -17,20 +20,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.api import Captioner
 from pipeline.cli import exit_status
-from pipeline.config import EvaluateConfig, TrainConfig, load_section, params_path
+from pipeline.defaults import Defaults, command_defaults
 from pipeline.evaluation.figures import draw_attention
-from pipeline.model.beam_search import SearchOptions
-from pipeline.photos import PhotoCaptioner
-from pipeline.runtime import resolve_device
-
-
-def defaults() -> dict[str, object]:
-    """The checkpoint and beam size of params.yaml when it is there."""
-    if not params_path().is_file():
-        return {"checkpoint": None, "beam_size": SearchOptions.beam_size}
-    train, evaluate = load_section(TrainConfig), load_section(EvaluateConfig)
-    return {"checkpoint": train.checkpoint, "beam_size": evaluate.beam_size}
 
 
 def attention_paths(target: Path, images: Sequence[Path]) -> list[Path]:
@@ -51,15 +44,17 @@ def attention_paths(target: Path, images: Sequence[Path]) -> list[Path]:
     return paths
 
 
-def parse_args(argv: Sequence[str] | None, fallback: dict[str, object]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.caption", description=__doc__.split("\n")[0])
+def parse_args(argv: Sequence[str] | None, defaults: Defaults) -> argparse.Namespace:
+    decoding = defaults.decoding
+    parser = argparse.ArgumentParser(prog="caption", description=__doc__.split("\n")[0])
     parser.add_argument("images", nargs="+", type=Path, help="image files to caption")
     parser.add_argument("--attention", type=Path, help="write the attention figure to this PNG file")
-    parser.add_argument("--checkpoint", type=Path, default=fallback["checkpoint"],
-                        required=fallback["checkpoint"] is None, help="the model (default: train.checkpoint)")
-    parser.add_argument("--beam-size", type=int, default=fallback["beam_size"])
-    parser.add_argument("--length-penalty", type=float, default=0.0, help="alpha; 0 is off")
-    parser.add_argument("--no-repeat-ngram", type=int, default=0, help="block repeated n-grams; 0 is off")
+    parser.add_argument("--checkpoint", type=Path, default=defaults.checkpoint, required=defaults.checkpoint is None,
+                        help="the model (default in a project: scst.checkpoint, the final model)")
+    parser.add_argument("--beam-size", type=int, default=decoding.beam_size)
+    parser.add_argument("--length-penalty", type=float, default=decoding.length_penalty, help="alpha; 0 is off")
+    parser.add_argument("--no-repeat-ngram", type=int, default=decoding.no_repeat_ngram,
+                        help="block repeated n-grams; 0 is off")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     if args.beam_size < 1 or args.length_penalty < 0 or args.no_repeat_ngram < 0:
@@ -76,21 +71,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def caption(argv: Sequence[str] | None = None) -> int:
     """Caption the images; 1 when any could not be read."""
-    args = parse_args(argv, defaults())
-    captioner = PhotoCaptioner(args.checkpoint, resolve_device(args.device, "--device"), args.beam_size,
-                               args.length_penalty, args.no_repeat_ngram)
-    results = captioner.caption_files(args.images)
+    defaults = command_defaults()
+    args = parse_args(argv, defaults)
+    captioner = Captioner(args.checkpoint, args.device, beam_size=args.beam_size, length_penalty=args.length_penalty,
+                          no_repeat_ngram=args.no_repeat_ngram, allow_unk=defaults.decoding.allow_unk)
+    if captioner.notice:
+        print(f"caption: {captioner.notice}", file=sys.stderr)
+    results = captioner.caption(args.images)
     figures = attention_paths(args.attention, args.images) if args.attention else [None] * len(results)
     for result, figure in zip(results, figures):
-        if result.caption is None:
+        if result.error is not None:
             print(f"caption: {result.error}", file=sys.stderr)
             continue
-        print(f"{result.path}\t{result.caption.text}", flush=True)
+        print(f"{result.source}\t{result.text}", flush=True)
         if figure is not None:
-            draw_attention(result.path, result.caption.words, result.caption.attention, figure,
-                           title=result.caption.text)
+            draw_attention(result.path, result.words, result.attention.flatten(1), figure, title=result.text)
             print(f"attention figure: {figure}", file=sys.stderr)
-    failed = sum(result.caption is None for result in results)
+    failed = sum(result.error is not None for result in results)
     if failed:
         print(f"caption: {failed} of {len(results)} images could not be read", file=sys.stderr)
     return 1 if failed else 0
