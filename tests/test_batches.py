@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
@@ -37,5 +36,3 @@ def test_encode_captions_pads_and_maps_images() -> None:
                             vocabulary, {"x.png": 0, "y.png": 1}, max_words=30)
     assert mixed.tokens.tolist() == [[1, 4, 2, 0, 0], [1, 4, 5, 6, 2]]  # padded with PAD (0)
     assert mixed.lengths.tolist() == [3, 5]
-    with pytest.raises(KeyError, match="dvc repro features"):
-        encode_captions(table, vocabulary, {"x.png": 0}, max_words=30)

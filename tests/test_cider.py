@@ -106,6 +106,7 @@ def demo_captions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[st
 
     folder = tmp_path_factory.mktemp("demo")
     write_params(folder, {"shapes": {"num_images": 60}, "dataset": {"check_images": False}}, tiny=True)
+    (folder / "splits").mkdir()  # dataset.split_dir without lists: a random split
     run_stages(folder, shapes, prepare)
     return references_by_image(read_captions(Path(folder, "data/prepared/captions.csv")))
 

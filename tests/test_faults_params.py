@@ -19,6 +19,7 @@ from pipeline.datasets.table import write_captions
 from pipeline.errors import EXIT_CODE, ConfigError
 from pipeline.stages import embeddings, prepare, train, vocab
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
+from pipeline.training import data
 from pipeline.training.data import captions_cut
 from tests.conftest import write_params
 
@@ -124,7 +125,7 @@ def test_train_refuses_a_caption_length_that_cuts_most_captions_before_loading_f
         "model": {"max_caption_length": 2},
         "train": {"checkpoint": str(out / "best.pt"), "last_checkpoint": str(out / "last.pt"),
                   "metrics_dir": str(out / "metrics"), "log_dir": str(out / "tensorboard")}}, tiny=True)))
-    monkeypatch.setattr(train, "FeatureMatrix", None)  # the check comes first: loading features would fail here
+    monkeypatch.setattr(data, "FeatureMatrix", None)  # the check comes first: loading features would fail here
     table = pd.read_csv(tiny_project / "data/prepared/captions.csv")
     words = table.loc[table["split"] == "train", "caption"].str.split().str.len()
     assert exit_status(train.main, "train") == EXIT_CODE

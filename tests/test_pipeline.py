@@ -34,12 +34,12 @@ def first_run(project: Path) -> str:
 
 
 def test_repro_runs_every_stage_and_writes_outputs(project: Path, first_run: str) -> None:
-    assert stages_run(first_run) == {"shapes", "prepare", "features", "vocab", "embeddings", "train", "evaluate",
-                                      "retrieval"}
+    assert stages_run(first_run) == {"shapes", "prepare", "features", "vocab", "embeddings", "train", "scst",
+                                      "evaluate", "retrieval"}
     assert (project / "dvc.lock").is_file()
     for path in ["data/shapes/objects.json", "data/prepared/captions.csv", "data/prepared/report.json",
                  "data/features/features.h5", "data/vocab/vocab.json", "data/embeddings/embeddings.npy",
-                 "data/train/best.pt", "data/train/last.pt", "data/evaluate/predictions.json"]:
+                 "data/train/best.pt", "data/train/last.pt", "data/scst/best.pt", "data/evaluate/predictions.json"]:
         assert (project / path).is_file(), path
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
     # the tiny run learns the demo's words: measured on this configuration with train seeds 0-4, BLEU-1
@@ -72,10 +72,10 @@ def test_second_repro_runs_nothing(project: Path, first_run: str) -> None:
 
 def test_train_param_change_reruns_train_and_evaluate_only(project: Path, first_run: str) -> None:
     write_params(project, {**SPATIAL, "train": {"lr": 0.02, "epochs": 2}}, tiny=True)  # 2 epochs: cheaper
-    assert stages_run(run(["dvc", "repro"], project)) == {"train", "evaluate", "retrieval"}
+    assert stages_run(run(["dvc", "repro"], project)) == {"train", "scst", "evaluate", "retrieval"}
 
 
 def test_encoder_param_change_reruns_features_onwards(project: Path, first_run: str) -> None:
     write_params(project, {**SPATIAL, "train": {"lr": 0.02, "epochs": 2}, "encoder": {"dtype": "float32"}}, tiny=True)
-    assert stages_run(run(["dvc", "repro"], project)) == {"features", "train", "evaluate", "retrieval"}
+    assert stages_run(run(["dvc", "repro"], project)) == {"features", "train", "scst", "evaluate", "retrieval"}
     assert stages_run(run(["dvc", "repro"], project)) == set()

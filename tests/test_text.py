@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from pipeline.errors import InputError
 from pipeline.text import END, PAD, SPECIAL_TOKENS, START, UNK, Vocabulary, normalise, tokenize
 
 # ----------------------------------------------------------------------------------------------
@@ -132,5 +133,5 @@ def test_rejects_a_vocabulary_not_starting_with_the_special_tokens(words, tmp_pa
         Vocabulary(words)
     path = tmp_path / "vocab.json"
     path.write_text(json.dumps({"words": list(words)}), encoding="utf-8")
-    with pytest.raises(ValueError, match="must start with"):
+    with pytest.raises(InputError, match="is not a vocabulary file .*must start with"):
         Vocabulary.from_json(path)

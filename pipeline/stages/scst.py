@@ -28,13 +28,13 @@ from pipeline.errors import InputError
 from pipeline.files import atomic_path
 from pipeline.identity import stage_identity
 from pipeline.model.captioner import search_options
-from pipeline.model.checkpoint import check_features, checkpoint_payload, load_checkpoint
+from pipeline.model.checkpoint import check_features, checkpoint_payload, load_checkpoint, read_payload
 from pipeline.model.decoder import CaptionDecoder
 from pipeline.runtime import Processes, processes, relaunch_under_torchrun, seed_everything
 from pipeline.text import Vocabulary
 from pipeline.training.compiled import compile_step
 from pipeline.training.data import TrainingData, load_training_data
-from pipeline.training.epoch_log import SAMPLES_FILE, EpochLog
+from pipeline.training.epoch_log import EpochLog
 from pipeline.training.loop import NoUpdate, Optimisers, make_optimisers
 from pipeline.training.resume import EarlyStopping, Progress, Run, RunFiles
 from pipeline.training.scst import Rewards, ScstSettings, image_batches, run_scst_epoch
@@ -44,14 +44,14 @@ CRITERION = "cider"
 
 
 def copy_model(source: Path, config: ScstConfig) -> None:
-    """scst.epochs 0: the final model is train's, byte for byte; the logs say no epoch ran."""
+    """scst.epochs 0: the final model is train's, byte for byte; the log's epoch 0 is its validation scores."""
+    payload = read_payload(source)
     with atomic_path(config.checkpoint, "scst.checkpoint") as tmp:
         tmp.write_bytes(source.read_bytes())
     log = EpochLog(config.log_dir, config.metrics_dir, resumed=False)
-    (Path(config.metrics_dir) / SAMPLES_FILE).touch()
-    (Path(config.metrics_dir) / "plots").mkdir(parents=True, exist_ok=True)
-    log.close({"best_epoch": 0, "epochs_run": 0})
-    print(f"scst: scst.epochs is 0: {source} is the final model -> {config.checkpoint}")
+    scores = {f"val/{name}": payload[f"val_{name}"] for name in ("bleu4", "cider") if f"val_{name}" in payload}
+    log.epoch(0, scores, [], f"scst: scst.epochs is 0: {source} is the final model -> {config.checkpoint}")
+    log.close({"best_epoch": 0, "epochs_run": 0, "start_val_cider": payload.get("val_cider")})
 
 
 def check_vocabulary(vocabulary: Vocabulary, path: Path, checkpoint: Path) -> None:
