@@ -59,7 +59,7 @@ def compare(data: TrainingData, rewards: Rewards, amp: str, repeats: int, batch_
     model, captions, images = decoder(VOCAB), data.train_set, len(rewards.names)
     config = train_config(batch_size, amp)
     optimizer, _, scaler = make_optimisers(model, 5e-5, 0.0, 10, 1.0, CPU, amp)
-    settings = ScstSettings(SAMPLES, "greedy", batch_size, 5.0, amp)
+    settings = ScstSettings(SAMPLES, "greedy", batch_size, 5.0, amp, 0.0)
     banned = (PAD, START, data.vocabulary.unk)
     sampled: list[float] = []
 

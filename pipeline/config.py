@@ -193,6 +193,7 @@ class ScstConfig(Section):
     epochs: int = Field(ge=0, le=10000)  # 0: no fine-tuning, the cross-entropy model is the final one
     samples: int = Field(ge=1, le=100)  # captions sampled per image
     baseline: Literal["greedy", "mean"]  # the image's greedy caption's reward | its other samples' mean reward
+    xe_weight: Real = Field(ge=0.0, le=100.0)  # cross-entropy of a reference caption added to the policy loss
     lr: Real = Field(gt=0.0, le=10.0)
     batch_size: int = Field(ge=1, le=65536)  # images per step (each sampled `samples` times)
     grad_clip: Real = Field(gt=0.0)

@@ -112,7 +112,8 @@ def fit(model: CaptionDecoder, optimisers: Optimisers, data: TrainingData, confi
     """The epochs: sample and reward, validate, decide, save and log each; rank 0 writes every file."""
     optimizer, scheduler, scaler = optimisers
     rewards = Rewards(data.train_references, data.vocabulary)
-    settings = ScstSettings(config.samples, config.baseline, config.batch_size, config.grad_clip, config.amp)
+    settings = ScstSettings(config.samples, config.baseline, config.batch_size, config.grad_clip, config.amp,
+                            config.xe_weight)
     banned = search_options(data.vocabulary, 1, model.config.max_caption_length).banned
     trial = [torch.arange(min(config.batch_size, len(rewards.names)))]
     plain = torch.amp.GradScaler(cluster.device.type, enabled=False)  # the trial updates nothing

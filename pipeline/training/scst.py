@@ -9,7 +9,10 @@ decoder follows the policy gradient
 
 with a baseline that does not depend on the sample: the reward of the image's greedy caption
 (`greedy`, Rennie et al.: the model is pushed towards samples better than what it would say now) or
-the mean reward of the image's other samples (`mean`, Luo 2020 and most codebases since).
+the mean reward of the image's other samples (`mean`, Luo 2020 and most codebases since). With
+`xe_weight` > 0 the cross-entropy of one reference caption per image is added (the mixed objective
+of Paulus et al. 2018): the reward alone pulls every image towards the one phrasing CIDEr-D likes
+best, the references keep the model's other ways of saying it.
 
 Layout: n images, S samples each, R = n*S caption rows laid out (images, samples), so every row
 reads its image's features through `DecoderState` without copying them, as beam search's beams do.
@@ -29,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.evaluation.cider import CiderD
-from pipeline.model.decoder import CaptionDecoder
+from pipeline.model.decoder import CaptionDecoder, caption_loss
 from pipeline.runtime import Processes
 from pipeline.text import Vocabulary, tokenize
 from pipeline.training.data import TrainingData
@@ -119,6 +122,18 @@ class ScstSettings:
     batch_size: int  # images per step, over all processes
     grad_clip: float
     amp: str
+    xe_weight: float  # weight of the cross-entropy of one reference caption per image, added to the policy loss
+
+
+def reference_cross_entropy(model: CaptionDecoder, data: TrainingData, x: torch.Tensor, rows: torch.Tensor,
+                            captions_of: dict[int, list[int]]) -> torch.Tensor:
+    """Cross-entropy of one reference caption of each image, drawn at random (the images' feature rows (n,),
+    their features x (n, P, E)): the mixed objective that keeps the model close to how people caption."""
+    chosen = [captions_of[row][int(torch.randint(len(captions_of[row]), ()))] for row in rows.tolist()]
+    lengths = data.train_set.lengths[chosen]
+    tokens = data.train_set.tokens[chosen, :int(lengths.max())].to(x.device)  # (n, T)
+    logits, alphas = model(x, tokens)  # (n, T-1, V), (n, T-1, P)
+    return caption_loss(logits, tokens[:, 1:], alphas, model.config.pad_index, 0.0)[1]
 
 
 def image_batches(count: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -139,11 +154,15 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
     totals = np.zeros(3)  # over this process's samples: reward, baseline, chosen tokens
     images, started = 0, time.perf_counter()
     mine = [batch[processes.rank::processes.world_size] for batch in batches if len(batch) >= processes.world_size]
+    captions_of: dict[int, list[int]] = {}  # feature row -> its training captions
+    for caption, row in enumerate(data.train_set.image_rows.tolist()):
+        captions_of.setdefault(row, []).append(caption)
     with tqdm(total=sum(map(len, mine)), disable=progress is None, desc=progress, unit="image", mininterval=1.0,
               leave=False) as bar:
         for batch in mine:
             names = [rewards.names[i] for i in batch.tolist()]
-            x = data.features[data.features.rows_of(names)]  # (n, P, E)
+            rows = data.features.rows_of(names)  # (n,)
+            x = data.features[rows]  # (n, P, E)
             greedy = None
             if settings.baseline == "greedy":
                 model.eval()
@@ -157,6 +176,10 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
             chosen = float(samples.mask.sum())
             advantage = torch.as_tensor(reward - baseline, dtype=torch.float32, device=processes.device)  # (R,)
             loss = policy_loss(samples, advantage, processes.sum(chosen))  # a token mean over the global batch
+            if settings.xe_weight:
+                with autocast:  # summed over processes by `update`: each process's share of the mean
+                    loss = loss + settings.xe_weight / processes.world_size * reference_cross_entropy(
+                        model, data, x, rows, captions_of)
             update(model, loss, optimizer, scaler, settings.grad_clip, processes)
             totals += (reward.sum(), baseline.sum(), chosen)
             images += len(names)
