@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import types
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,28 @@ def test_rewards_are_cider_d_with_end_on_both_sides_and_no_padding() -> None:
     assert whole == pytest.approx(10.0) and fragment < whole
 
 
+def test_the_mixed_objective_adds_the_cross_entropy_of_one_reference_per_image(one_thread) -> None:
+    """reference_cross_entropy is the teacher-forced cross-entropy of one of each image's own captions."""
+    from pipeline.training.batches import EncodedCaptions
+    from pipeline.training.scst import reference_cross_entropy
+
+    model, features = make_model(), make_features(2)
+    tokens = torch.tensor([[START, 4, 5, END], [START, 6, END, PAD], [START, 7, 8, END]])
+    data = types.SimpleNamespace(train_set=EncodedCaptions(tokens, torch.tensor([4, 3, 4]), torch.tensor([0, 1, 1])))
+    captions_of = {0: [0], 1: [1, 2]}
+    seen = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        loss = reference_cross_entropy(model, data, features, torch.tensor([0, 1]), captions_of)
+        for second in (1, 2):  # image 1's caption is one of its two, image 0's is its only one
+            rows = tokens[[0, second]][:, :4]
+            logits, alphas = model(features, rows)
+            expected = F.cross_entropy(logits.reshape(-1, V), rows[:, 1:].reshape(-1), ignore_index=PAD)
+            if torch.allclose(loss, expected):
+                seen.add(second)
+    assert seen == {1, 2}
+
+
 def test_the_mean_baseline_leaves_each_sample_out_and_the_greedy_one_is_per_image() -> None:
     rewards = np.array([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])  # two images, three samples each
     np.testing.assert_allclose(baseline_rewards(rewards, 3, None), [4.0, 3.5, 1.5, 1.5, 1.5, 0.0])
@@ -144,7 +167,8 @@ def test_scst_fine_tunes_keeps_the_best_epoch_and_evaluate_reports_both_models(
     from pipeline.model.checkpoint import load_checkpoint
     from pipeline.stages import evaluate, scst
 
-    write_params(project, {"scst": {"epochs": 2, "batch_size": 4, "lr": 0.001, **scst_paths("on")}}, tiny=True)
+    write_params(project, {"scst": {"epochs": 2, "batch_size": 4, "lr": 0.001, "xe_weight": 0.5, **scst_paths("on")}},
+                 tiny=True)
     run_stages(project, scst)
     out = capsys.readouterr().out
     assert "scst epoch 0 (the cross-entropy model)" in out and "scst epoch 2/2: reward" in out
@@ -155,7 +179,7 @@ def test_scst_fine_tunes_keeps_the_best_epoch_and_evaluate_reports_both_models(
     plots = project / "runs/on/metrics/plots/metrics"
     assert len((plots / "val/cider.tsv").read_text().splitlines()) == 1 + 3  # header, epochs 0, 1, 2
 
-    write_params(project, {"scst": {"epochs": 2, "batch_size": 4, "lr": 0.001, **scst_paths("on")},
+    write_params(project, {"scst": {"epochs": 2, "batch_size": 4, "lr": 0.001, "xe_weight": 0.5, **scst_paths("on")},
                            "evaluate": {"out_dir": "runs/eval", "metrics": "runs/eval.json"}}, tiny=True)
     run_stages(project, evaluate)
     metrics = json.loads((project / "runs/eval.json").read_text())
