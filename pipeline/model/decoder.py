@@ -188,7 +188,8 @@ class CaptionDecoder(nn.Module):
 
         Under autocast the standardised features are kept in its dtype, which is what autocast would
         cast them to for every step's attention (the mean is taken before, in float32)."""
-        x = (features.float() - self.feature_mean) / self.feature_std  # (B, P, E)
+        # float16 features are converted within the subtraction: one pass, the values of (x.float() - mean) / std
+        x = torch.sub(features, self.feature_mean).div_(self.feature_std).float()  # (B, P, E)
         mean = x.mean(dim=1)  # (B, E)
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))  # once, not once per step
