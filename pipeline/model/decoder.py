@@ -133,7 +133,8 @@ class CaptionDecoder(nn.Module):
     The LSTM cell is written out so that each step has as few matrix products as possible: the
     embedding part of the LSTM input is projected for all steps at once before the loop (teacher
     forcing knows every input word), each architecture's per-step rest is one product, and the
-    output layer runs once after the loop.
+    output layer runs once after the loop. A step makes its products with its own weights through
+    `linear`, so that in a teacher-forced pass their weight gradients are computed once for all steps.
     """
 
     def __init__(self, config: DecoderConfig) -> None:
@@ -188,7 +189,7 @@ class CaptionDecoder(nn.Module):
 
         Under autocast the standardised features are kept in its dtype, which is what autocast would
         cast them to for every step's attention (the mean is taken before, in float32)."""
-        # float16 features are converted within the subtraction: one pass, the values of (x.float() - mean) / std
+        # float16 features converted within the subtraction: one pass, the values of (features.float() - mean) / std
         x = torch.sub(features, self.feature_mean).div_(self.feature_std).float()  # (B, P, E)
         mean = x.mean(dim=1)  # (B, E)
         if torch.is_autocast_enabled(x.device.type):

@@ -2,10 +2,11 @@
 
 A recurrent decoder multiplies the same weight by a (B, in) input at each of T steps. Autograd
 computes that weight's gradient at every step (a product with B rows, written out as an (out, in)
-tensor) and sums the T of them (one more pass over an (out, in) tensor per step): for sat's
-[context; h] -> gates, 2,048 x 2,560 floats written and added 2T times per batch. Here each step's
-product keeps its input, its backward keeps its output gradient, and the weight's gradient is one
-(out, T*B) x (T*B, in) product once every step's backward has run: the same sum, in another order.
+tensor) and adds it to the steps' sum (one more pass over an (out, in) tensor): for sat's
+[context; h] -> gates, a 2,048 x 2,560 tensor written and added at each of the T steps, from
+products of 32 rows that run well below the CPU's peak. Here each step's product keeps its input,
+its backward keeps its output gradient, and the weight's gradient is one (out, T*B) x (T*B, in)
+product once every step's backward has run: the same sum, in another order.
 
     products = StepProducts()          # one per teacher-forced pass
     y = products.linear(layer, x)      # at every step: layer(x), same kernels, same values
