@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelConfig
+from pipeline.model.step_products import StepProducts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +133,8 @@ class CaptionDecoder(nn.Module):
     The LSTM cell is written out so that each step has as few matrix products as possible: the
     embedding part of the LSTM input is projected for all steps at once before the loop (teacher
     forcing knows every input word), each architecture's per-step rest is one product, and the
-    output layer runs once after the loop.
+    output layer runs once after the loop. A step makes its products with its own weights through
+    `linear`, so that in a teacher-forced pass their weight gradients are computed once for all steps.
     """
 
     def __init__(self, config: DecoderConfig) -> None:
@@ -154,6 +156,7 @@ class CaptionDecoder(nn.Module):
         self.add_recurrent_layers(config)
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(H, V)
+        self.step_products: StepProducts | None = None  # set during a teacher-forced pass (`linear`)
 
     # -- what an architecture defines -----------------------------------------------------------
 
@@ -182,11 +185,25 @@ class CaptionDecoder(nn.Module):
 
     def start(self, features: torch.Tensor) -> DecoderState:
         """The state before the first word, for features (B, P, E): standardised, projected once for
-        attention, and the initial LSTM state from the mean feature."""
-        x = (features.float() - self.feature_mean) / self.feature_std  # (B, P, E)
-        projected = self.encoder_projection(x)  # (B, P, A)
+        attention, and the initial LSTM state from the mean feature.
+
+        Under autocast the standardised features are kept in its dtype, which is what autocast would
+        cast them to for every step's attention (the mean is taken before, in float32)."""
+        # float16 features converted within the subtraction: one pass, the values of (features.float() - mean) / std
+        x = torch.sub(features, self.feature_mean).div_(self.feature_std).float()  # (B, P, E)
         mean = x.mean(dim=1)  # (B, E)
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))  # once, not once per step
+        projected = self.encoder_projection(x)  # (B, P, A)
         return DecoderState(x, projected, torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)))
+
+    def linear(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """layer(x) (B, in) -> (B, out), for the products a step makes with a weight of its own: in a
+        teacher-forced pass, the weight's gradient is computed once for all steps
+        (`pipeline.model.step_products`); compiled or decoding, it is plainly layer(x)."""
+        if torch.compiler.is_compiling() or self.step_products is None:
+            return layer(x)
+        return self.step_products.linear(layer, x)
 
     def lstm(self, gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The LSTM cell's update from its summed gates (B, 4H): new (h, c)."""
@@ -197,7 +214,7 @@ class CaptionDecoder(nn.Module):
     def attend(self, x: torch.Tensor, projected: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gated attention context (B, E) and weights (B, P) of the regions, queried with h (B, H)."""
         A = self.config.attention_dim
-        hidden = self.hidden_projection(h)  # (B, A + E)
+        hidden = self.linear(self.hidden_projection, h)  # (B, A + E)
         context, alpha = self.attention(x, projected, hidden[:, :A])  # (B, E), (B, P)
         return torch.sigmoid(hidden[:, A:]) * context, alpha
 
@@ -212,12 +229,16 @@ class CaptionDecoder(nn.Module):
         x, projected, h, c = state.x, state.projected, state.h, state.c
         gates = self.word_gates(self.embedding(captions[:, :-1]))  # (B, T-1, 4H)
         outs, alphas = [], []
-        # unbind, not gates[:, t]: the gradient of an indexed step fills a zero (B, T-1, 4H) tensor
-        # per step (quadratic in T); unbind's is one stack
-        for step_gates in gates.unbind(1):
-            h, c, out, alpha = self.step(x, projected, step_gates, h, c)
-            outs.append(out)
-            alphas.append(alpha)
+        self.step_products = StepProducts() if torch.is_grad_enabled() else None
+        try:
+            # unbind, not gates[:, t]: the gradient of an indexed step fills a zero (B, T-1, 4H) tensor
+            # per step (quadratic in T); unbind's is one stack
+            for step_gates in gates.unbind(1):
+                h, c, out, alpha = self.step(x, projected, step_gates, h, c)
+                outs.append(out)
+                alphas.append(alpha)
+        finally:
+            self.step_products = None
         # the output layer once after the loop, for every step together
         logits = self.read_out(torch.stack(outs, dim=1))  # (B, T-1, V)
         return logits, torch.stack(alphas, dim=1)  # ..., (B, T-1, P)

@@ -27,7 +27,8 @@ class Decoder(CaptionDecoder):
     def step(self, x: torch.Tensor, projected: torch.Tensor, word_gates: torch.Tensor,
              h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         context, alpha = self.attend(x, projected, h)  # (B, E), (B, P)
-        h, c = self.lstm(word_gates + self.recurrent_gates(torch.cat([context, h], dim=1)), c)  # (B, H) each
+        gates = word_gates + self.linear(self.recurrent_gates, torch.cat([context, h], dim=1))  # (B, 4H)
+        h, c = self.lstm(gates, c)  # (B, H) each
         return h, c, h, alpha
 
     def read_out(self, out: torch.Tensor) -> torch.Tensor:

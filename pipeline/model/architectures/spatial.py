@@ -29,7 +29,7 @@ class Decoder(CaptionDecoder):
 
     def step(self, x: torch.Tensor, projected: torch.Tensor, word_gates: torch.Tensor,
              h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        h, c = self.lstm(word_gates + self.recurrent_gates(h), c)  # (B, H) each
+        h, c = self.lstm(word_gates + self.linear(self.recurrent_gates, h), c)  # (B, H) each
         context, alpha = self.attend(x, projected, h)  # (B, E), (B, P)
         return h, c, torch.cat([context, h], dim=1), alpha  # ..., (B, E + H), (B, P)
 
