@@ -167,6 +167,7 @@ def wait_for(browser: webdriver.Chrome, condition: Callable[[webdriver.Chrome], 
     return WebDriverWait(browser, seconds).until(condition)
 
 
+@pytest.mark.slow  # a real browser or server process
 def test_upload_shows_caption_alt_text_and_word_heat_maps(page: tuple[webdriver.Chrome, str],
                                                           photos: tuple[Path, Path]) -> None:
     browser, url = page
@@ -198,6 +199,7 @@ def search_in(browser: webdriver.Chrome, query: str) -> list[Any]:
     return wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#results figure"))
 
 
+@pytest.mark.slow  # a real browser or server process
 def test_search_finds_the_photo_the_query_describes(page: tuple[webdriver.Chrome, str]) -> None:
     browser, url = page
     browser.get(url)  # the token of the first visit is kept for the tab
@@ -223,6 +225,7 @@ def test_search_finds_the_photo_the_query_describes(page: tuple[webdriver.Chrome
     assert "Type what the photos should show" in browser.find_element(By.ID, "search-message").text
 
 
+@pytest.mark.slow  # a real browser or server process
 def test_bad_uploads_get_a_message_and_the_page_keeps_working(page: tuple[webdriver.Chrome, str],
                                                              photos: tuple[Path, Path],
                                                              tmp_path: Path) -> None:
@@ -244,6 +247,7 @@ def test_bad_uploads_get_a_message_and_the_page_keeps_working(page: tuple[webdri
     assert not browser.find_element(By.ID, "message").is_displayed()
 
 
+@pytest.mark.slow  # a real browser or server process
 def test_without_the_token_the_page_says_it_needs_one(page: tuple[webdriver.Chrome, str]) -> None:
     browser, url = page
     browser.execute_script("sessionStorage.clear()")
@@ -341,6 +345,7 @@ def test_binding_beyond_loopback_warns_and_the_token_comes_from_the_environment(
     assert args.token == "from-env" and args.max_queue == 32
 
 
+@pytest.mark.slow  # a real browser or server process
 def test_served_on_all_interfaces_with_a_token_api_calls_need_it(photos: tuple[Path, Path], tmp_path: Path) -> None:
     checkpoint, folder = photos
     port = free_port()

@@ -33,6 +33,7 @@ def test_constant_scores_match_for_a_perfect_constant() -> None:
     assert abs(scores["bleu1"] - 1.0) < 1e-6 and abs(scores["rouge_l"] - 1.0) < 1e-6
 
 
+@pytest.mark.slow  # the command in a subprocess, with Java
 def test_the_command_prints_its_two_results_and_nothing_else(tiny_project: Path, tmp_path: Path) -> None:
     out = tmp_path / "baselines.json"
     environment = {key: value for key, value in os.environ.items() if key != PARAMS_ENV}

@@ -107,6 +107,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # two processes
 def test_two_processes_match_one_process_on_the_same_global_batch(results: Path) -> None:
     ddp = torch.load(results / "ddp.pt", weights_only=True)
     model, features, captions, batches = problem()
@@ -117,11 +118,13 @@ def test_two_processes_match_one_process_on_the_same_global_batch(results: Path)
         assert torch.allclose(ddp["weights"][name], value, atol=1e-5), name
 
 
+@pytest.mark.slow  # two processes
 def test_rank_zero_decides_for_every_process(results: Path) -> None:
     decisions = [torch.load(results / f"decision.{rank}", weights_only=True) for rank in range(2)]
     assert decisions == [{"stop": True, "score": 0.0}] * 2
 
 
+@pytest.mark.slow  # two processes
 def test_fewer_captions_than_processes_does_not_hang(results: Path) -> None:
     stats = [torch.load(results / f"tiny.{rank}", weights_only=True) for rank in range(2)]
     assert stats[0]["loss"] == stats[1]["loss"] == 0.0  # the one-caption batch is left out on both

@@ -38,6 +38,8 @@ def start(stage: str, folder: Path, params: Path) -> subprocess.Popen:
 # whose arguments include `marker` (any call when empty), the process sleeps until it is killed.
 HOLD = """
 import importlib, runpy, sys, time
+
+pytestmark = pytest.mark.slow  # kill -9 of stages run as subprocesses, then their reruns
 stage, module, name, times, marker = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 target = importlib.import_module(module)
 original, calls = getattr(target, name), []

@@ -241,6 +241,7 @@ def test_missing_image_list_says_to_run_prepare(tmp_path: Path) -> None:
         run_stage(root)
 
 
+@pytest.mark.slow  # torchrun, two processes
 def test_two_processes_make_the_same_file(tmp_path: Path, clean_run: tuple[Path, str]) -> None:
     root = make_project(tmp_path)
     environment = {**os.environ, "PIPELINE_PARAMS": str(root / "params.yaml"), "OMP_NUM_THREADS": "1",

@@ -15,6 +15,8 @@ import pytest
 from tests.conftest import TINY_PARAMS, copy_project, write_params
 from tests.conftest import run_in as run
 
+pytestmark = pytest.mark.slow  # real `dvc repro` runs in a copy of the project
+
 # the default architecture end to end here (the other tiny-project tests train sat, see TINY_PARAMS)
 SPATIAL = {"model": {"architecture": "spatial"}}
 

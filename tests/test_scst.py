@@ -162,6 +162,7 @@ def test_scst_off_makes_the_cross_entropy_model_the_final_one_byte_for_byte(proj
     assert json.loads((project / "runs/off/metrics/metrics.json").read_text())["epochs_run"] == 0
 
 
+@pytest.mark.slow  # trains and evaluates
 def test_scst_fine_tunes_keeps_the_best_epoch_and_evaluate_reports_both_models(
         project: Path, capsys: pytest.CaptureFixture) -> None:
     from pipeline.model.checkpoint import load_checkpoint

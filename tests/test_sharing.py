@@ -27,6 +27,8 @@ from moto.server import ThreadedMotoServer
 
 from tests.conftest import write_params
 
+pytestmark = pytest.mark.slow  # real DVC remotes: pushes, clones and pulls
+
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "team"
 S3_PREFIX = "captioning"

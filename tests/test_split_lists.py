@@ -42,6 +42,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
+@pytest.mark.slow  # real DVC in a copy of the project
 def test_a_folder_without_lists_splits_at_random_and_stays_up_to_date(project: Path) -> None:
     report = json.loads((project / "data/prepared/report.json").read_text())
     assert report["split_source"] == "random" and report["split_dir"] == "splits"
@@ -49,6 +50,7 @@ def test_a_folder_without_lists_splits_at_random_and_stays_up_to_date(project: P
     assert stages_run(run(["dvc", "repro", "prepare"], project)) == set()
 
 
+@pytest.mark.slow  # real DVC in a copy of the project
 def test_editing_a_split_list_in_place_makes_prepare_changed(project: Path) -> None:
     # the random split written out as lists: prepare reruns (a new dep and param) and keeps the same split
     before = images_by_split(project)

@@ -87,6 +87,7 @@ def test_best_checkpoint_rebuilds_the_model_standardised_with_training_images_on
     assert not np.allclose(model.feature_mean.numpy(), all_mean, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # torchrun, two processes
 def test_two_processes_train_with_distributed_data_parallel(in_tiny_project: Path) -> None:
     params = write_params(in_tiny_project / "ddp.yaml", {"train": {"epochs": 2, **run_paths("ddp")}}, tiny=True)
     # the stage's own command, as dvc.yaml runs it; the process layout comes from the environment
