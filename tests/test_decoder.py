@@ -12,14 +12,16 @@ import torch.nn.functional as F
 from pipeline.model.decoder import caption_loss
 from tests.tiny_models import END, PAD, A, D, E, H, P, V, generate, make_features, make_model, padded
 
-# tiny tensors: extra threads only add overhead; every test once per decoder architecture
-pytestmark = pytest.mark.usefixtures("one_thread", "each_architecture")
+# tiny tensors: extra threads only add overhead
+pytestmark = pytest.mark.usefixtures("one_thread")
+per_architecture = pytest.mark.usefixtures("each_architecture")  # once per decoder architecture
 
 
 # ----------------------------------------------------------------------------------------------
 # shapes and the teacher-forced pass
 
 
+@per_architecture
 def test_forward_shapes_and_attention_is_a_distribution():
     model = make_model()
     captions = padded([[4, 5, 6], [7], [8, 9, 10, 11, 4]])  # (3, 7)
@@ -52,6 +54,7 @@ def test_feature_std_is_clamped_away_from_zero():
     assert torch.isfinite(model.start(make_features(1)).x).all()
 
 
+@per_architecture
 def test_forward_is_causal():
     """Logits at step t depend only on the words up to t (teacher forcing, no peeking)."""
     model = make_model()
@@ -73,6 +76,7 @@ def test_forward_is_causal():
 # start/advance, the interface beam search drives, is the teacher-forced pass one word at a time
 
 
+@per_architecture
 def test_advance_step_by_step_equals_the_teacher_forced_pass():
     model = make_model(seed=3, sharpness=4.0)
     features = make_features(3)
@@ -107,6 +111,7 @@ def beam_state(images: int, beams: int, seed: int = 11):
     return model, dataclasses.replace(state, h=h, c=c)
 
 
+@per_architecture
 def test_beams_share_their_image_features_and_attend_as_if_each_had_a_copy():
     """K rows per image against one copy of its features equal one row per caption with its own copy."""
     images, beams = 4, 3
@@ -302,6 +307,7 @@ def test_attention_penalty_of_uniform_attention_is_hand_computed():
 # a batch overfits and greedy decoding then reproduces it
 
 
+@per_architecture
 def test_overfits_a_batch_and_greedy_reproduces_the_captions():
     model = make_model(seed=0, dropout=0.1).train()
     features = make_features(4, seed=7) * 2
