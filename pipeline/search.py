@@ -16,6 +16,7 @@ image (params.yaml `retrieval`; see docs/search.md). The checkpoint defaults to 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,14 +31,14 @@ from pipeline.retrieval.ranking import RankingOptions, Searcher
 from pipeline.runtime import resolve_device
 from pipeline.text import Vocabulary
 
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # the repository's
+
 
 def project_defaults() -> tuple[str | None, int, RankingOptions]:
     """(checkpoint, beam size, ranking options) from params.yaml when run in the project."""
-    if not params_path().is_file():
-        return None, SearchOptions.beam_size, RankingOptions()
-    config = load_section(RetrievalConfig)
-    options = RankingOptions(config.candidates, config.prior, config.prior_weight, config.image_weight,
-                             config.bank_size, config.batch_size)
+    if not params_path().is_file():  # the ranking's values from the repository's params.yaml, its one source
+        return None, SearchOptions.beam_size, RankingOptions.from_config(load_section(RetrievalConfig, PARAMS))
+    options = RankingOptions.from_config(load_section(RetrievalConfig))
     return load_section(TrainConfig).checkpoint, load_section(EvaluateConfig).beam_size, options
 
 
@@ -94,8 +95,7 @@ def search_main(argv: Sequence[str]) -> int:
     unknown = unknown_words(args.query, vocabulary)
     if unknown:
         print(f"search: the model has never seen {', '.join(unknown)}; those words count as <unk>", file=sys.stderr)
-    searcher = Searcher(model, vocabulary, gallery, device, RankingOptions(**{**vars(options),
-                                                                              "candidates": args.candidates}))
+    searcher = Searcher(model, vocabulary, gallery, device, dataclasses.replace(options, candidates=args.candidates))
     for rank, hit in enumerate(searcher.search(args.query, args.top), start=1):
         print(f"{rank}\t{hit.score:.3f}\t{hit.path}\t{hit.caption}")
     return 0

@@ -54,6 +54,13 @@ def trained(one_thread: None) -> tuple[CaptionDecoder, torch.Tensor]:
     return model, features
 
 
+def options_with(**changes: object) -> RankingOptions:
+    """Ranking options with every value given (no prior, no image prior, every image re-ranked)."""
+    values = {"candidates": 0, "prior": "none", "prior_weight": 1.0, "image_weight": 0.0, "bank_size": 32,
+              "batch_size": 256, "precision": "fp32"}
+    return RankingOptions(**{**values, **changes})
+
+
 def scorer_of(model: nn.Module, features: torch.Tensor, batch_size: int = 256) -> LikelihoodScorer:
     return LikelihoodScorer(model, VOCAB, lambda rows: features[torch.as_tensor(rows)], CPU, batch_size)
 
@@ -143,8 +150,7 @@ def generic_gallery(tmp_path: Path) -> Gallery:
 
 def test_the_image_prior_stops_a_generic_image_winning(generic_gallery: Gallery) -> None:
     def ranking(**options: object) -> tuple[list[str], list[float]]:
-        searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU,
-                            RankingOptions(candidates=0, **options))
+        searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU, options_with(**options))
         hits = searcher.search("red circle", top=4)
         return [hit.name for hit in hits], [hit.score for hit in hits]
 
@@ -161,8 +167,7 @@ def test_the_image_prior_stops_a_generic_image_winning(generic_gallery: Gallery)
 
 
 def test_the_query_prior_shifts_every_score_of_a_query_alike(generic_gallery: Gallery) -> None:
-    searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU,
-                        RankingOptions(candidates=0, prior="mean"))
+    searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU, options_with(prior="mean"))
     hits = searcher.search("red circle", top=4)
     assert [hit.name for hit in hits] == ["generic", "red_circle", "red_square", "blue_square"]
     shifts = {round(hit.log_likelihood - hit.score, 6) for hit in hits}
@@ -177,8 +182,7 @@ def test_the_query_prior_shifts_every_score_of_a_query_alike(generic_gallery: Ga
 
 
 def test_candidates_come_from_the_caption_index(generic_gallery: Gallery) -> None:
-    searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU,
-                        RankingOptions(candidates=2, prior="none"))
+    searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU, options_with(candidates=2))
     # BM25: "red circle" matches the caption "red circle" on both words, then "red square" or "blue circle"
     candidates, _, _ = searcher.rank(["red circle"])
     assert candidates[0, 0] == generic_gallery.names.index("red_circle") and candidates.shape == (1, 2)
