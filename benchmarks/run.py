@@ -14,7 +14,10 @@ the range):
   target's baseline), and against the tutorial's one-image search (caption.py's way, no target: a
   different search), with what batching can gain on this machine (benchmarks/beam_bench.py);
 - streaming: our loop with the features streamed from a cache larger than the memory cap the
-  benchmark sets, against resident features.
+  benchmark sets, against resident features;
+- retrieval: the likelihood re-ranking of a Flickr8k-sized test split (1,000 images, 5,000 queries,
+  20 candidates each, V=2,537), grouped by image against today's one image at a time, in ms per
+  query, with the answers' ranks compared (benchmarks/retrieval_bench.py).
 Targets from the speed issue; benchmarks/README.md records results and docs/speed.md reads them.
 
 OpenMP threads that wait for each other sleep here (OMP_WAIT_POLICY=PASSIVE, unless the environment
@@ -37,14 +40,18 @@ from benchmarks.beam_bench import bench_beam, measure_ceiling
 from benchmarks.common import machine_line, spread
 from benchmarks.features_bench import bench_features
 from benchmarks.prepare_bench import bench_prepare
+from benchmarks.retrieval_bench import bench_retrieval
 from benchmarks.training_bench import bench_training
 from benchmarks.tutorial import check_same_maths
 
 TARGETS = {"features": 0.9, "training": 3.0, "beam": 10.0, "streaming": 0.8}
+RETRIEVAL_MS = 20.0  # per query, on an idle 2-core CPU: an absolute target, not a ratio
 FULL = {"feature_images": 96, "feature_repeats": 2, "train_images": 400, "train_captions": 128,
-        "train_repeats": 2, "beam_images": 40, "beam_repeats": 2, "ceiling_rounds": 5, "prepare_images": 31_783}
+        "train_repeats": 2, "beam_images": 40, "beam_repeats": 2, "ceiling_rounds": 5, "prepare_images": 31_783,
+        "retrieval_images": 1000, "retrieval_repeats": 1}
 QUICK = {"feature_images": 64, "feature_repeats": 1, "train_images": 100, "train_captions": 32,
-         "train_repeats": 1, "beam_images": 8, "beam_repeats": 1, "ceiling_rounds": 1, "prepare_images": 2_000}
+         "train_repeats": 1, "beam_images": 8, "beam_repeats": 1, "ceiling_rounds": 1, "prepare_images": 2_000,
+         "retrieval_images": 60, "retrieval_repeats": 1}
 
 
 def row(what: str, ours: str, baseline: str, ratio: tuple[float, float, float], target: float | None) -> str:
@@ -122,6 +129,21 @@ def main() -> None:
                  f"1-row rate, {ceiling['ceiling, decoder steps']:.1f}x for whole decoder steps "
                  f"({ceiling['ms step 5 rows']:.2f} ms against {ceiling['ms step 200 rows']:.1f} ms): the ceiling "
                  "on the batched / one-at-a-time ratio")
+
+    retrieval = bench_retrieval(size["retrieval_images"], 5 * size["retrieval_images"], size["retrieval_repeats"])
+    for name in ("grouped fp32", "grouped bf16"):
+        if name in retrieval:
+            ours, today = retrieval[name], retrieval["today's"]
+            lines.append(row(f"retrieval re-ranking, {name}, {retrieval['images']} images x {retrieval['queries']} "
+                             "queries x 20 candidates, V=2,537, queries/s", f"{1000 / ours['ms/query']:.1f}",
+                             f"{1000 / today['ms/query']:.1f}", ours["ratio"], None))
+            met = "met" if ours["ms/query"] <= RETRIEVAL_MS else "not met"
+            notes.append(f"retrieval {name}: {ours['ms/query']:.1f} ms per query against today's "
+                         f"{today['ms/query']:.1f} (target <= {RETRIEVAL_MS:g} ms: {met}); the answer ranks as "
+                         f"today's for {ours['same rank']} of {retrieval['queries']} queries; R@1/5/10 "
+                         f"{ours['r1']:.2f}/{ours['r5']:.2f}/{ours['r10']:.2f} against today's "
+                         f"{today['r1']:.2f}/{today['r5']:.2f}/{today['r10']:.2f}")
+    print(f"retrieval done ({time.perf_counter() - started:.0f} s)", flush=True)
 
     if args.prepare:
         for what, seconds in bench_prepare(size["prepare_images"], 1):

@@ -5,10 +5,12 @@
 The query is normalised like every caption (`pipeline.text.normalise`), encoded with the
 checkpoint's vocabulary (unknown words become <unk>) and teacher-forced through the decoder in
 eval mode from the image's cached features: the same function as `CaptionDecoder.forward` with
-dropout off, run through the decoder's start/advance interface so that each image's features are
-standardised and projected once for all the queries scored against it, and queries that begin
-with the same words share the decoder steps of those words for the same image. Pairs are scored
-in blocks of `batch_size`, sorted by image and then by the query's words.
+dropout off, run through the decoder's start/advance interface (`teacher_forced`). Pairs are
+grouped by image, about `batch_size` to a group: each image's features are standardised and
+projected once for all the queries scored against it, every decoder step advances all the pairs
+of the group in one batch laid out (images, K) as `DecoderState` defines it (the output layer and
+its log-softmax one product for them all), and queries that begin with the same words share the
+decoder steps of those words for the same image.
 
 Two corrections of the raw score (combined by `corrected`):
 - the query prior, log p(q | context): the query's likelihood given the mean of the gallery's
@@ -152,11 +154,13 @@ class LikelihoodScorer:
     """
 
     def __init__(self, model: CaptionDecoder, vocabulary: Vocabulary, features_of: FeaturesOf,
-                 device: torch.device, batch_size: int = 1024, precision: str = "fp32",
-                 progress: str | None = None) -> None:
+                 device: torch.device, batch_size: int, precision: str = "fp32", progress: str | None = None) -> None:
         self.model, self.vocabulary, self.features_of = model, vocabulary, features_of
-        self.device, self.batch_size, self.progress = device, batch_size, progress
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        self.device, self.batch_size, self.precision, self.progress = device, batch_size, precision, progress
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast for `precision` bf16, else a context that changes nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def tokens(self, queries: Sequence[str]) -> torch.Tensor:
         """Token ids (Q, T) of the queries; QueryError for an empty one."""
@@ -168,13 +172,14 @@ class LikelihoodScorer:
         for start in range(0, len(tokens), self.batch_size):
             block = slice(start, start + self.batch_size)
             length = int((tokens[block] != self.vocabulary.pad).sum(dim=1).max())
-            with self.autocast:
+            with self._autocast():
                 scores[block] = teacher_forced(self.model, state, torch.as_tensor(images[block], device=self.device),
                                                tokens[block, :length].to(self.device)).cpu().numpy()
             bar.update(len(scores[block]))
         return scores
 
     def _bar(self, total: int) -> tqdm:
+        """A progress bar over `total` pairs when the scorer has a `progress` name, else a silent one."""
         return tqdm(total=total, disable=self.progress is None, desc=self.progress, unit="pair", unit_scale=True,
                     mininterval=1.0, leave=False)
 
@@ -192,7 +197,7 @@ class LikelihoodScorer:
         with evaluating(self.model), self._bar(len(order)) as bar:
             for first, last in image_groups(counts[by_count], self.batch_size):
                 features = self.features_of(images[by_count[first:last]]).to(self.device)  # (G, P, E)
-                with self.autocast:
+                with self._autocast():
                     state = self.model.start(features)  # each image standardised and projected once
                 group = order[bounds[first]:bounds[last]]  # (n,) its pairs
                 scores[group] = self._blocks(state, place[of_pair[group]] - first, tokens[query_rows[group]], bar)
@@ -207,7 +212,7 @@ class LikelihoodScorer:
     def given(self, tokens: torch.Tensor, features: torch.Tensor) -> np.ndarray:
         """Scores (Q,) of each query given one context's features (P, E)."""
         with evaluating(self.model), self._bar(len(tokens)) as bar:
-            with self.autocast:
+            with self._autocast():
                 state = self.model.start(features[None].to(self.device))  # 1 image
             return self._blocks(state, np.zeros(len(tokens), dtype=np.int64), tokens, bar)
 

@@ -114,7 +114,7 @@ def main() -> None:
     write_json(config.metrics, metrics)
     shown = "; ".join(f"{stage} R@1 {metrics[stage]['r1']:.1f} R@5 {metrics[stage]['r5']:.1f} "
                       f"R@10 {metrics[stage]['r10']:.1f} median rank {metrics[stage]['median_rank']:g} "
-                      f"({ms_per_query[stage]:.1f} ms/query)" for stage in ("first_stage", "reranked"))
+                      f"({ms_per_query[stage]:.3g} ms/query)" for stage in ("first_stage", "reranked"))
     print(f"retrieval: {len(which)} queries ({len(distinct)} distinct) over {len(names)} {evaluate_config.split} "
           f"images: {shown}; decoder {resolve_precision(options.precision, device)}, {captioning_seconds:.1f} s to "
           f"caption the images -> {config.metrics}")
