@@ -112,6 +112,7 @@ def teacher_forced(model: CaptionDecoder, state: DecoderState, images: torch.Ten
     pad, vocab_size = model.config.pad_index, model.config.vocab_size
     total = torch.zeros(tokens.size(0), dtype=torch.float64, device=tokens.device)  # (B,)
     node = images.to(tokens.device).clone()  # (B,) each sequence's caption row in `state`
+    beams = 1  # K, the state's caption rows per image row
     for t in range(1, tokens.size(1)):
         target = tokens[:, t]  # (B,)
         live = (target != pad).nonzero().squeeze(1)  # (L,) sequences with a word (or END) still to score
@@ -120,9 +121,10 @@ def teacher_forced(model: CaptionDecoder, state: DecoderState, images: torch.Ten
         # the next state depends on the prefix's state and the word fed: compute each distinct pair once
         keys = node[live] * vocab_size + tokens[live, t - 1]  # (L,)
         unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)  # (U,), (L,)
-        rows, words, placed, kept, count = _layout(unique, vocab_size, state.beams, pad)
-        state = state.select_beams(rows, None if count == state.x.size(0) else kept)
+        rows, words, placed, kept, count = _layout(unique, vocab_size, beams, pad)
+        state = state.select_beams(rows, None if count * beams == state.h.size(0) else kept)  # all images kept: shared
         log_probs, _, state = model.advance(state, words)  # (N'K, V)
+        beams = len(rows) // count
         node[live] = placed[inverse]  # finished sequences keep stale rows: they are never live again
         total[live] += log_probs[node[live], target[live]].double()
     return total
