@@ -1,17 +1,22 @@
-"""Retrieval at Flickr8k's size: today's likelihood re-ranking against the grouped one, on the same data.
+"""Retrieval at Flickr8k's size: the likelihood re-ranking one image at a time against grouped by image.
 
-Data (deterministic): 1,000 images of random float16 features (49 x 2048), each with one generated
-caption of 8-12 words; 5,000 queries (5 per image, its answer) of 8-20 words, about a third of them
-taken from their image's caption and the rest drawn with Zipf frequencies (rank^-1.1) from a
-2,537-token vocabulary (Flickr8k's with min_count 5). The first stage is the real one (BM25 over the
-captions, `retrieval.candidates` = 20 per query); the decoder has the seed's sizes (E=2048, A=H=512,
-D=300, params.yaml's architecture) and random weights, with the output layer made to score like a
-trained one: its bias the words' log-frequencies and its weights scaled up, so that a word costs
-about 5-6 nats and the 20 candidates of a query differ by a few nats.
+Data (deterministic): 1,000 images of random float16 features (49 x 2048, the ReLU of a normal, like
+the last convolution's maps); generated captions as repetitive as a captioner's: 300 captions of
+8-12 words drawn for the images with Zipf frequencies (rank^-1), so that ~200 are distinct and the
+commonest describes ~160 images (Flickr8k's random-encoder model made 108 distinct captions for
+1,000 images); 5,000 queries, 5 per image (the answer), of 8-20 words (Flickr-like gamma lengths,
+mean 12.3), about a third of their words from their image's caption and the rest drawn with Zipf
+frequencies (rank^-1.1) from a 2,537-token vocabulary (Flickr8k's with min_count 5). The first stage
+is the real one: BM25 over the captions, `retrieval.candidates` (20) per query; repetitive captions
+make some images candidates of ~470 queries and 29% of the images of none. The
+decoder has the seed's sizes (E=2048, A=H=512, D=300, params.yaml's architecture) and random weights,
+made to depend on the image: the output bias is the words' log-frequencies, the output weights
+are scaled up and the features' standard deviation set low, so that a word costs about 7 nats and
+a query's 20 candidates differ by about a nat (standard deviation 1.3).
 
 Timed, in turn in this process, each scoring every distinct query against its 20 candidates plus
 its query prior (`prior: mean`), which is what the retrieval stage's per-query time counts:
-- today's: the scorer as it was before the grouping (`baseline_pairs`, `baseline_given` below: one
+- one at a time: the scorer as it was before the grouping (`baseline_pairs`, `baseline_given` below: one
   image at a time, its queries sharing prefixes, the features of 256 images read at a time);
 - grouped fp32 and (where the CPU multiplies bf16 natively) grouped bf16: `LikelihoodScorer`.
 Reported: ms per query each way, the ratio, and how the answers' ranks agree (same rank for how
@@ -50,10 +55,10 @@ VOCABULARY = 2_537  # Flickr8k's tokens (official split, min_count 5), special t
 QUERY_WORDS, QUERY_GAMMA, CAPTION_WORDS = (8, 20), (5.0, 2.4), (8, 12)  # gamma: Flickr's mean ~12 words
 ZIPF, FROM_CAPTION, SHARPNESS, FEATURE_STD = 1.1, 0.35, 6.0, 0.25
 CAPTION_POOL, POOL_ZIPF = 0.3, 1.0  # generated captions repeat: ~200 distinct of 1,000, the commonest ~90 times
-BASELINE_CHUNK = 256  # images whose features today's scorer reads at a time (its batch_size)
+BASELINE_CHUNK = 256  # images whose features the old scorer reads at a time (its batch_size)
 
 
-# -- today's scorer, as pipeline/retrieval/likelihood.py had it before the grouping ------------------
+# -- the old scorer, as pipeline/retrieval/likelihood.py had it before the grouping -------------------
 
 
 def baseline_log_likelihood(model: CaptionDecoder, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -80,7 +85,7 @@ def baseline_log_likelihood(model: CaptionDecoder, features: torch.Tensor, token
 
 def baseline_pairs(model: CaptionDecoder, features_of, tokens: torch.Tensor, query_rows: np.ndarray,
                    image_rows: np.ndarray) -> np.ndarray:
-    """Scores (M,) of the pairs: today's `LikelihoodScorer.pairs`, one image at a time."""
+    """Scores (M,) of the pairs: the old `LikelihoodScorer.pairs`, one image at a time."""
     pad = model.config.pad_index
     lengths = (tokens != pad).sum(dim=1).numpy()  # (Q,)
     order = np.lexsort((*tokens.numpy()[query_rows].T[::-1], image_rows))
@@ -99,7 +104,7 @@ def baseline_pairs(model: CaptionDecoder, features_of, tokens: torch.Tensor, que
 
 
 def baseline_given(model: CaptionDecoder, tokens: torch.Tensor, features: torch.Tensor) -> np.ndarray:
-    """Scores (Q,) of every query given one context (P, E): today's `LikelihoodScorer.given`."""
+    """Scores (Q,) of every query given one context (P, E): the old `LikelihoodScorer.given`."""
     with evaluating(model):
         return baseline_log_likelihood(model, features, tokens).double().numpy()
 
@@ -171,8 +176,8 @@ def answer_ranks(first: np.ndarray, candidates: np.ndarray, final: np.ndarray, a
 
 
 def bench_retrieval(num_images: int, num_queries: int, repeats: int, bf16: bool | None = None) -> dict[str, object]:
-    """ms per query of today's scorer and the grouped one, fp32 and (bf16: None = where native) bf16, and
-    how each one's answer ranks and recalls compare with today's."""
+    """ms per query of the old scorer and the grouped one, fp32 and (bf16: None = where native) bf16, and
+    how each one's answer ranks and recalls compare with the old one's."""
     data = make_data(num_images, num_queries)
     model = make_decoder(data.vocabulary)
     options = load_section(RetrievalConfig, ROOT / "params.yaml")
@@ -185,7 +190,7 @@ def bench_retrieval(num_images: int, num_queries: int, repeats: int, bf16: bool 
     def features_of(rows: np.ndarray) -> torch.Tensor:
         return data.features[torch.as_tensor(rows)]
 
-    def today() -> np.ndarray:
+    def one_at_a_time() -> np.ndarray:
         raw = baseline_pairs(model, features_of, tokens, query_rows, candidates.reshape(-1)).reshape(candidates.shape)
         return corrected(raw, baseline_given(model, tokens, context))
 
@@ -193,11 +198,11 @@ def bench_retrieval(num_images: int, num_queries: int, repeats: int, bf16: bool 
         scorer = LikelihoodScorer(model, data.vocabulary, features_of, CPU, options.batch_size, precision)
         return corrected(scorer.matrix(tokens, candidates), scorer.given(tokens, context))
 
-    variants = {"today's": today, "grouped fp32": lambda: grouped("fp32")}
+    variants = {"one at a time": one_at_a_time, "grouped fp32": lambda: grouped("fp32")}
     if cpu_has_bf16() if bf16 is None else bf16:
         variants["grouped bf16"] = lambda: grouped("bf16")
     timings: Timings = time_variants(variants, repeats)
-    reference, _ = answer_ranks(first, candidates, timings.results["today's"], data.answers)
+    reference, _ = answer_ranks(first, candidates, timings.results["one at a time"], data.answers)
     result: dict[str, object] = {"images": num_images, "queries": len(tokens), "pairs": len(query_rows),
                                  "candidate recall": 100.0 * float((candidates == data.answers[:, None]).any(1).mean()),
                                  "native bf16": cpu_has_bf16()}
@@ -207,9 +212,9 @@ def bench_retrieval(num_images: int, num_queries: int, repeats: int, bf16: bool 
         result[name] = {"ms/query": 1000 * timings.median(name) / len(tokens),
                         "cpu ms/query": 1000 * statistics.median(timings.cpu[name]) / len(tokens), **scores,
                         "same rank": int((ranks == reference).sum()),
-                        "score gap": float(np.abs(final - timings.results["today's"]).max())}
-        if name != "today's":
-            result[name]["ratio"] = timings.ratio("today's", name)
+                        "score gap": float(np.abs(final - timings.results["one at a time"]).max())}
+        if name != "one at a time":
+            result[name]["ratio"] = timings.ratio("one at a time", name)
     return result
 
 
@@ -217,15 +222,15 @@ def describe(result: dict[str, object]) -> list[str]:
     """Lines for a person: the data, then each variant's time, ratio and rank agreement."""
     lines = [f"{result['queries']} queries x 20 candidates over {result['images']} images ({result['pairs']} pairs; "
              f"the answer among the candidates for {result['candidate recall']:.1f}%)"]
-    for name in ("today's", "grouped fp32", "grouped bf16"):
+    for name in ("one at a time", "grouped fp32", "grouped bf16"):
         if name in result:
             row = result[name]
-            ratio = f", today's / this {spread(*row['ratio'])}" if "ratio" in row else ""
+            ratio = f", old / this {spread(*row['ratio'])}" if "ratio" in row else ""
             emulated = " (emulated: no native bf16 here)" if "bf16" in name and not result["native bf16"] else ""
             lines.append(f"{name}{emulated}: {row['ms/query']:.1f} ms/query wall, {row['cpu ms/query']:.1f} CPU"
                          f"{ratio}; R@1 {row['r1']:.2f} R@5 {row['r5']:.2f} R@10 {row['r10']:.2f} median rank "
-                         f"{row['median_rank']:g}; the answer ranks as today's for {row['same rank']} of "
-                         f"{result['queries']} queries; scores within {row['score gap']:.2g} nats of today's")
+                         f"{row['median_rank']:g}; the answer ranks as the old scorer's for {row['same rank']} of "
+                         f"{result['queries']} queries; scores within {row['score gap']:.2g} nats of its")
     return lines
 
 
