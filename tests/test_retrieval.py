@@ -2,6 +2,7 @@
 the retrieval scores, on cases whose answers are known by construction."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import RetrievalConfig
 from pipeline.encoder.feature_cache import FeatureStore, create_layout
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig, DecoderState, caption_loss
 from pipeline.retrieval.likelihood import LikelihoodScorer, QueryError, encode_queries
@@ -215,3 +217,12 @@ def test_rerank_puts_candidates_first_then_the_first_stage_order() -> None:
     first = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]])
     combined = rerank(first, np.array([[0, 1]]), np.array([[-9.0, -3.0]]))  # re-scoring swaps the two
     assert np.argsort(-combined[0]).tolist() == [1, 0, 2, 3, 4]
+
+
+def test_ranking_options_have_one_source_the_retrieval_section() -> None:
+    assert all(field.default is dataclasses.MISSING for field in dataclasses.fields(RankingOptions))  # no 2nd defaults
+    section = {"candidates": 7, "prior": "blank", "prior_weight": 0.5, "image_weight": 0.25, "bank_size": 9,
+               "batch_size": 33, "precision": "bf16", "device": "cpu", "captions": "c.json", "metrics": "m.json"}
+    options = RankingOptions.from_config(RetrievalConfig.model_validate(section))
+    assert dataclasses.asdict(options) == {key: section[key] for key in dataclasses.asdict(options)}
+    assert set(dataclasses.asdict(options)) == set(section) - {"device", "captions", "metrics"}
