@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as benchmarks.run: read when torch loads OpenMP
@@ -168,6 +169,27 @@ def make_decoder(vocabulary: Vocabulary, seed: int = 0) -> CaptionDecoder:
 # -- timing -------------------------------------------------------------------------------------------
 
 
+class StepCounter:
+    """Counts the decoder rows (padding rows included) each variant steps, by wrapping `model.advance`."""
+
+    def __init__(self, model: CaptionDecoder) -> None:
+        self.advance, self.rows, self.counted = model.advance, {}, 0
+        model.advance = self._advance  # this instance only
+
+    def _advance(self, state: object, words: torch.Tensor) -> object:
+        self.counted += len(words)
+        return self.advance(state, words)
+
+    def counting(self, name: str, run: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+        """`run`, keeping the rows its last call stepped as rows[name]."""
+        def counted() -> np.ndarray:
+            self.counted = 0
+            result = run()
+            self.rows[name] = self.counted
+            return result
+        return counted
+
+
 def answer_ranks(first: np.ndarray, candidates: np.ndarray, final: np.ndarray, answers: np.ndarray
                  ) -> tuple[np.ndarray, dict[str, float]]:
     """Each answer's expected rank (Q,) among all images, and the retrieval scores."""
@@ -201,7 +223,8 @@ def bench_retrieval(num_images: int, num_queries: int, repeats: int, bf16: bool 
     variants = {"one at a time": one_at_a_time, "grouped fp32": lambda: grouped("fp32")}
     if cpu_has_bf16() if bf16 is None else bf16:
         variants["grouped bf16"] = lambda: grouped("bf16")
-    timings: Timings = time_variants(variants, repeats)
+    steps = StepCounter(model)
+    timings: Timings = time_variants({name: steps.counting(name, run) for name, run in variants.items()}, repeats)
     reference, _ = answer_ranks(first, candidates, timings.results["one at a time"], data.answers)
     result: dict[str, object] = {"images": num_images, "queries": len(tokens), "pairs": len(query_rows),
                                  "candidate recall": 100.0 * float((candidates == data.answers[:, None]).any(1).mean()),
@@ -211,7 +234,7 @@ def bench_retrieval(num_images: int, num_queries: int, repeats: int, bf16: bool 
         ranks, scores = answer_ranks(first, candidates, final, data.answers)
         result[name] = {"ms/query": 1000 * timings.median(name) / len(tokens),
                         "cpu ms/query": 1000 * statistics.median(timings.cpu[name]) / len(tokens), **scores,
-                        "same rank": int((ranks == reference).sum()),
+                        "same rank": int((ranks == reference).sum()), "rows/query": steps.rows[name] / len(tokens),
                         "score gap": float(np.abs(final - timings.results["one at a time"]).max())}
         if name != "one at a time":
             result[name]["ratio"] = timings.ratio("one at a time", name)
@@ -228,7 +251,8 @@ def describe(result: dict[str, object]) -> list[str]:
             ratio = f", old / this {spread(*row['ratio'])}" if "ratio" in row else ""
             emulated = " (emulated: no native bf16 here)" if "bf16" in name and not result["native bf16"] else ""
             lines.append(f"{name}{emulated}: {row['ms/query']:.1f} ms/query wall, {row['cpu ms/query']:.1f} CPU"
-                         f"{ratio}; R@1 {row['r1']:.2f} R@5 {row['r5']:.2f} R@10 {row['r10']:.2f} median rank "
+                         f"{ratio}; {row['rows/query']:.0f} decoder rows per query; "
+                         f"R@1 {row['r1']:.2f} R@5 {row['r5']:.2f} R@10 {row['r10']:.2f} median rank "
                          f"{row['median_rank']:g}; the answer ranks as the old scorer's for {row['same rank']} of "
                          f"{result['queries']} queries; scores within {row['score gap']:.2g} nats of its")
     return lines
