@@ -199,7 +199,7 @@ class EvaluateConfig(Section):
 class RetrievalConfig(Section):
     """Text-to-image search: BM25 over generated captions picks candidates, the captioner's likelihood ranks them.
 
-    The ranking keys (candidates to device) are the defaults of the stage, the search command and the
+    The ranking keys (candidates to precision) are the values of the stage, the search command and the
     web page alike (`pipeline.retrieval.ranking.RankingOptions.from_config`).
     """
 
