@@ -1,6 +1,6 @@
 """Every speed benchmark of the project, one command, one table for this machine.
 
-    python -m benchmarks.run              # ~6 minutes on an idle 2-core CPU
+    python -m benchmarks.run              # ~6 minutes on an idle 2-core CPU, plus retrieval (2 x 5,000 queries)
     python -m benchmarks.run --quick      # a smoke run of a minute or two: tiny sizes, one repeat
     python -m benchmarks.run --prepare    # also the prepare and vocab stages on a Flickr30k-sized file
 
@@ -20,6 +20,9 @@ the range):
   references, flickr30k-like and demo captions, scores asserted equal to 1e-6 (benchmarks/cider_bench.py).
 - read check: the features read with the per-row CRC-32 check against the same reads without it,
   the resident load and streamed batches (benchmarks/read_bench.py).
+- retrieval: the likelihood re-ranking of a Flickr8k-sized test split (1,000 images, 5,000 queries,
+  20 candidates each, V=2,537), grouped by image against one image at a time one image at a time, in ms per
+  query, with the answers' ranks compared (benchmarks/retrieval_bench.py).
 Targets from the speed issue; benchmarks/README.md records results and docs/speed.md reads them.
 
 OpenMP threads that wait for each other sleep here (OMP_WAIT_POLICY=PASSIVE, unless the environment
@@ -44,6 +47,7 @@ from benchmarks.common import machine_line, spread
 from benchmarks.features_bench import bench_features
 from benchmarks.prepare_bench import bench_prepare
 from benchmarks.read_bench import bench_read
+from benchmarks.retrieval_bench import bench_retrieval
 from benchmarks.scst_bench import bench_scst
 from benchmarks.training_bench import bench_training
 from benchmarks.tutorial import check_same_maths
@@ -51,14 +55,15 @@ from pipeline.runtime import cpu_has_bf16
 
 TARGETS = {"features": 0.9, "training": 3.0, "beam": 10.0, "streaming": 0.8, "cider": 50.0,
            "sat fp32": 3.5, "sat bf16": 5.0}
+RETRIEVAL_MS = 20.0  # per query, on an idle 2-core CPU: an absolute target, not a ratio
 FULL = {"feature_images": 96, "feature_repeats": 2, "train_images": 400, "train_captions": 128,
         "train_repeats": 2, "read_images": 400, "read_repeats": 3, "beam_images": 40, "beam_repeats": 2,
         "ceiling_rounds": 5, "prepare_images": 31_783, "cider_candidates": 5_000, "cider_repeats": 3,
-        "scst_images": 64, "scst_repeats": 2}
+        "scst_images": 64, "scst_repeats": 2, "retrieval_images": 1000, "retrieval_repeats": 1}
 QUICK = {"feature_images": 64, "feature_repeats": 1, "train_images": 100, "train_captions": 32,
          "train_repeats": 1, "read_images": 100, "read_repeats": 1, "beam_images": 8, "beam_repeats": 1,
          "ceiling_rounds": 1, "prepare_images": 2_000, "cider_candidates": 1_000, "cider_repeats": 1,
-         "scst_images": 8, "scst_repeats": 1}
+         "scst_images": 8, "scst_repeats": 1, "retrieval_images": 60, "retrieval_repeats": 1}
 
 
 def row(what: str, ours: str, baseline: str, ratio: tuple[float, float, float], target: float | None) -> str:
@@ -116,22 +121,10 @@ def read_check_rows(read: dict[str, object]) -> tuple[list[str], str]:
     return lines, note
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat: checks that it all runs")
-    parser.add_argument("--prepare", action="store_true", help="also time prepare and vocab (Flickr30k-sized)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    size = QUICK if args.quick else FULL
-    started = time.perf_counter()
-    print(f"{machine_line()}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
-    lines = ["| what | ours | baseline | ours / baseline (range) | target | met |",
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
-    notes = []
-
-    features, error = bench_features(size["feature_images"], ("fp32", "bf16"), size["feature_repeats"])
+def features_rows(images: int, repeats: int) -> tuple[list[str], list[str]]:
+    """The features stage against the bare encoder forward, fp32 and bf16, and notes."""
+    lines, notes = [], []
+    features, error = bench_features(images, ("fp32", "bf16"), repeats)
     for result in features:
         lines.append(row(f"features stage vs bare forward, {result['precision']}, batch 32, steady images/s",
                          f"{result['stage']:.2f}", f"{result['bare']:.2f}", result["ratio"], TARGETS["features"]))
@@ -141,8 +134,45 @@ def main() -> None:
                      f"steady rate (workers' start, first batch, last write, rename), and {result['startup']:.1f} s "
                      f"before its clock starts (encoder build, table)")
     notes.append(f"features bf16 vs fp32: relative error ||bf16 - fp32|| / ||fp32|| = {error:.4f} (first batch)")
-    print(f"features done ({time.perf_counter() - started:.0f} s)", flush=True)
+    return lines, notes
 
+
+def scst_rows(images: int, repeats: int) -> tuple[list[str], list[str]]:
+    """Self-critical epochs against cross-entropy ones on the same images (fp32 and amp auto), and notes."""
+    lines, notes = [], []
+    for result in bench_scst(images, repeats):
+        lines.append(row(f"self-critical vs cross-entropy epoch, amp {result['amp']}, batch 32, V=10,000, "
+                         "images/s", f"{result['scst images/s']:.1f}",
+                         f"{result['xe images/s']:.1f}", inverse(result["ratio"]), None))
+        notes.append(f"self-critical amp {result['amp']}: {result['scst samples/s']:.0f} sampled captions/s, "
+                     f"{result['scst sampled tokens/s']:.0f} sampled tokens/s (5 samples and a greedy caption per "
+                     f"image, CIDEr-D rewards); cross-entropy {result['xe tokens/s']:.0f} tokens/s over 5 captions "
+                     f"per image ({result['images']} images)")
+    return lines, notes
+
+
+def retrieval_rows(images: int, repeats: int) -> tuple[list[str], list[str]]:
+    """The grouped likelihood re-ranking against one image at a time (fp32, and bf16 where native), and notes."""
+    lines, notes = [], []
+    retrieval = bench_retrieval(images, 5 * images, repeats)
+    for name in ("grouped fp32", "grouped bf16"):
+        if name in retrieval:
+            ours, old = retrieval[name], retrieval["one at a time"]
+            lines.append(row(f"retrieval re-ranking, {name}, {retrieval['images']} images x {retrieval['queries']} "
+                             "queries x 20 candidates, V=2,537, queries/s", f"{1000 / ours['ms/query']:.1f}",
+                             f"{1000 / old['ms/query']:.1f}", ours["ratio"], None))
+            met = "met" if ours["ms/query"] <= RETRIEVAL_MS else "not met"
+            notes.append(f"retrieval {name}: {ours['ms/query']:.1f} ms per query against one image at a time "
+                         f"{old['ms/query']:.1f} (target <= {RETRIEVAL_MS:g} ms: {met}); the answer ranks as "
+                         f"the old scorer's for {ours['same rank']} of {retrieval['queries']} queries; R@1/5/10 "
+                         f"{ours['r1']:.2f}/{ours['r5']:.2f}/{ours['r10']:.2f} against one image at a time "
+                         f"{old['r1']:.2f}/{old['r5']:.2f}/{old['r10']:.2f}")
+    return lines, notes
+
+
+def training_rows(size: dict[str, int]) -> tuple[list[str], list[str]]:
+    """Our training loop (sat, spatial; fp32, amp auto) against the tutorial's, streaming, and notes."""
+    lines, notes = [], []
     gap = check_same_maths(10_000)
     notes.append(f"training: ours and the tutorial's fp32 losses agree to {gap:.1e} on the same weights and batch")
     training, streaming = bench_training(size["train_images"], size["train_captions"], 10_000, 32,
@@ -158,8 +188,12 @@ def main() -> None:
     lines.append(row(f"streamed vs resident features, amp auto, cache {streaming['cache MB']:.0f} MB > cap "
                      f"{streaming['cap MB']:.0f} MB, tokens/s", f"{streaming['streamed tokens/s']:.0f}",
                      f"{streaming['resident tokens/s']:.0f}", streaming["ratio"], TARGETS["streaming"]))
-    print(f"training done ({time.perf_counter() - started:.0f} s)", flush=True)
+    return lines, notes
 
+
+def beam_rows(size: dict[str, int]) -> tuple[list[str], list[str]]:
+    """The read check, batched beam search against one image at a time, what batching can gain, and notes."""
+    lines, notes = [], []
     read_lines, read_note = read_check_rows(bench_read(size["read_images"], 64, size["train_captions"],
                                                        size["read_repeats"]))
     lines += read_lines
@@ -188,22 +222,36 @@ def main() -> None:
                  f"1-row rate, {ceiling['ceiling, decoder steps']:.1f}x for whole decoder steps "
                  f"({ceiling['ms step 5 rows']:.2f} ms against {ceiling['ms step 200 rows']:.1f} ms): the ceiling "
                  "on the batched / one-at-a-time ratio")
+    return lines, notes
 
-    for result in bench_scst(size["scst_images"], size["scst_repeats"]):
-        lines.append(row(f"self-critical vs cross-entropy epoch, amp {result['amp']}, batch 32, V=10,000, "
-                         "images/s", f"{result['scst images/s']:.1f}",
-                         f"{result['xe images/s']:.1f}", inverse(result["ratio"]), None))
-        notes.append(f"self-critical amp {result['amp']}: {result['scst samples/s']:.0f} sampled captions/s, "
-                     f"{result['scst sampled tokens/s']:.0f} sampled tokens/s (5 samples and a greedy caption per "
-                     f"image, CIDEr-D rewards); cross-entropy {result['xe tokens/s']:.0f} tokens/s over 5 captions "
-                     f"per image ({result['images']} images)")
-    print(f"self-critical done ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    cider_lines, cider_notes = cider_rows(size["cider_candidates"], size["cider_repeats"])
-    lines += cider_lines
-    notes += cider_notes
-    print(f"CIDEr-D done ({time.perf_counter() - started:.0f} s)", flush=True)
-
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat: checks that it all runs")
+    parser.add_argument("--prepare", action="store_true", help="also time prepare and vocab (Flickr30k-sized)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    print(f"{machine_line()}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
+    lines = ["| what | ours | baseline | ours / baseline (range) | target | met |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    notes = []
+    sections = {
+        "features": lambda: features_rows(size["feature_images"], size["feature_repeats"]),
+        "training": lambda: training_rows(size),
+        "read check and beam search": lambda: beam_rows(size),
+        "self-critical": lambda: scst_rows(size["scst_images"], size["scst_repeats"]),
+        "CIDEr-D": lambda: cider_rows(size["cider_candidates"], size["cider_repeats"]),
+        "retrieval": lambda: retrieval_rows(size["retrieval_images"], size["retrieval_repeats"]),
+    }
+    for name, section in sections.items():
+        section_lines, section_notes = section()
+        lines += section_lines
+        notes += section_notes
+        print(f"{name} done ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.prepare:
         for what, seconds in bench_prepare(size["prepare_images"], 1):
             notes.append(f"prepare: {what}: {seconds:.2f} s")

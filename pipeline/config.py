@@ -230,10 +230,29 @@ class EvaluateConfig(Section):
     metrics: Path_  # the scores, JSON
 
 
+class RetrievalConfig(Section):
+    """Text-to-image search: BM25 over generated captions picks candidates, the captioner's likelihood ranks them.
+
+    The ranking keys (candidates to precision) are the values of the stage, the search command and the
+    web page alike (`pipeline.retrieval.ranking.RankingOptions.from_config`).
+    """
+
+    candidates: int = Field(ge=0, le=1_000_000)  # images the caption index passes on; 0: score every image
+    prior: Literal["none", "mean", "blank"]  # context whose likelihood of the query is subtracted
+    prior_weight: Real = Field(ge=0.0, le=10.0)
+    image_weight: Real = Field(ge=0.0, le=10.0)  # weight of each image's mean log-likelihood of the bank
+    bank_size: int = Field(ge=1, le=100_000)  # generated captions in that bank
+    batch_size: int = Field(ge=1, le=65536)  # (query, image) pairs scored at once
+    precision: Literal["auto", "fp32", "bf16"]  # of the decoder while scoring; auto: bf16 where native
+    device: Device
+    captions: Path_  # generated captions of the dataset's images, cached by the search command and web page
+    metrics: Path_  # Recall@K, median and mean rank, candidate recall, JSON (scores only)
+
+
 SECTIONS: dict[type[Section], str] = {
     ShapesConfig: "shapes", DatasetConfig: "dataset", EncoderConfig: "encoder", VocabConfig: "vocab",
     EmbeddingsConfig: "embeddings", ModelConfig: "model", TrainConfig: "train", ScstConfig: "scst",
-    EvaluateConfig: "evaluate",
+    EvaluateConfig: "evaluate", RetrievalConfig: "retrieval",
 }
 
 
@@ -332,20 +351,3 @@ def load_all(path: Path | None = None) -> dict[str, Any]:
 
 SECTION_FIELDS = {name: list(cls.model_fields) for cls, name in SECTIONS.items()}
 
-
-class RetrievalConfig(Section):
-    """Text-to-image search: BM25 over generated captions picks candidates, the captioner's likelihood ranks them."""
-
-    candidates: int = Field(ge=0, le=1_000_000)  # images the caption index passes on; 0: score every image
-    prior: Literal["none", "mean", "blank"]  # context whose likelihood of the query is subtracted
-    prior_weight: Real = Field(ge=0.0, le=10.0)
-    image_weight: Real = Field(ge=0.0, le=10.0)  # weight of each image's mean log-likelihood of the bank
-    bank_size: int = Field(ge=1, le=100_000)  # generated captions in that bank
-    batch_size: int = Field(ge=1, le=65536)  # (query, image) pairs scored at once
-    device: Device
-    captions: Path_  # generated captions of the dataset's images, cached by the search command and web page
-    metrics: Path_  # Recall@K, median rank and time per query, JSON
-
-
-SECTIONS[RetrievalConfig] = "retrieval"
-SECTION_FIELDS["retrieval"] = list(RetrievalConfig.model_fields)

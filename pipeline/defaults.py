@@ -49,12 +49,6 @@ class Defaults:
     ranking: RankingOptions
 
 
-def ranking_options(config: RetrievalConfig) -> RankingOptions:
-    """params.yaml `retrieval` as the ranking's options."""
-    return RankingOptions(config.candidates, config.prior, config.prior_weight, config.image_weight,
-                          config.bank_size, config.batch_size)
-
-
 def package_params() -> Path:
     """The params.yaml the package carries (the wheel's copy, or the repository's file for a clone)."""
     if PACKAGED_PARAMS.is_file():
@@ -69,7 +63,7 @@ def read_defaults(path: Path, checkpoint: bool) -> Defaults:
     """The defaults in params file `path`; `checkpoint`: take the final model (scst.checkpoint) as the default."""
     model = Path(load_section(ScstConfig, path).checkpoint) if checkpoint else None
     return Defaults(path, model, Decoding.from_config(load_section(EvaluateConfig, path)),
-                    ranking_options(load_section(RetrievalConfig, path)))
+                    RankingOptions.from_config(load_section(RetrievalConfig, path)))
 
 
 def package_defaults() -> Defaults:

@@ -109,7 +109,7 @@ def test_decoding_options_default_to_the_packaged_params(trained_project: Path, 
     # the API ignores the folder's params.yaml; the commands take it
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, {"evaluate": {"beam_size": 7}, "retrieval": {"candidates": 3},
-                            "train": {"checkpoint": "models/best.pt"}})
+                            "scst": {"checkpoint": "models/best.pt"}})  # the final model
     captioner = Captioner(trained_project / "data/train/best.pt", "cpu")
     assert captioner.options.beam_size == repository["evaluate"]["beam_size"]
     assert Captioner(trained_project / "data/train/best.pt", "cpu", beam_size=2).options.beam_size == 2

@@ -4,6 +4,7 @@ line naming the file, the row and its image, and write nothing; a damaged photo 
 search and mended by the next index update."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 
 from pipeline.api import Captioner
 from pipeline.cli import exit_status
+from pipeline.config import RetrievalConfig, load_section
 from pipeline.encoder.feature_cache import CorruptFeaturesError, FeatureStore
 from pipeline.errors import EXIT_CODE
 from pipeline.model.checkpoint import load_checkpoint
@@ -25,6 +27,7 @@ from pipeline.text import Vocabulary
 from tests.conftest import write_params
 from tests.test_faults_cache import damage_row
 
+RANKING = RankingOptions.from_config(load_section(RetrievalConfig, Path(__file__).parent / "params.yaml"))
 CPU = torch.device("cpu")
 
 
@@ -104,7 +107,8 @@ def test_search_over_the_dataset_stops_on_a_damaged_row(trained_project: Path, t
 
     def search() -> None:
         gallery = dataset_gallery(model, vocabulary, checkpoint, payload["encoder"], CPU)
-        Searcher(model, vocabulary, gallery, CPU, RankingOptions(candidates=0)).search("a red circle")
+        options = dataclasses.replace(RankingOptions.from_config(load_section(RetrievalConfig)), candidates=0)
+        Searcher(model, vocabulary, gallery, CPU, options).search("a red circle")
 
     search()  # intact: the gallery's captions are made and kept
     _, row, image = damaged_copy(trained_project, tmp_path, "val")
@@ -135,7 +139,7 @@ def test_a_damaged_photo_index_is_refused_then_mended_by_the_next_update(trained
     row = store.index["img_00001.png"]
     damage_row(index / "features.h5", row)
 
-    searcher = Searcher(captioner.model, captioner.vocabulary, open_index(index), CPU)
+    searcher = Searcher(captioner.model, captioner.vocabulary, open_index(index), CPU, RANKING)
     with pytest.raises(CorruptFeaturesError,
                        match=rf"row {row} \(image 'img_00001.png'\) .*run `caption-search index "
                              rf"{photos.resolve()}` again"):
@@ -143,7 +147,7 @@ def test_a_damaged_photo_index_is_refused_then_mended_by_the_next_update(trained
     report = update_index(captioner, photos, show_progress=False)
     assert (report.photos, report.encoded, report.removed) == (3, 1, 0)
     assert "1 photos' features" in caplog.text and "img_00001.png" in caplog.text
-    hits = Searcher(captioner.model, captioner.vocabulary, open_index(index), CPU).search("a red circle")
+    hits = Searcher(captioner.model, captioner.vocabulary, open_index(index), CPU, RANKING).search("a red circle")
     assert sorted(hit.name for hit in hits) == ["img_00000.png", "img_00001.png", "img_00002.png"]
 
 

@@ -2,6 +2,7 @@
 the retrieval scores, on cases whose answers are known by construction."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import RetrievalConfig
 from pipeline.encoder.feature_cache import FeatureStore, create_layout
 from pipeline.model.architectures import build_decoder
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig, DecoderState, caption_loss
@@ -54,6 +56,13 @@ def trained(one_thread: None) -> tuple[CaptionDecoder, torch.Tensor]:
         loss.backward()
         optimiser.step()
     return model, features
+
+
+def options_with(**changes: object) -> RankingOptions:
+    """Ranking options with every value given (no prior, no image prior, every image re-ranked)."""
+    values = {"candidates": 0, "prior": "none", "prior_weight": 1.0, "image_weight": 0.0, "bank_size": 32,
+              "batch_size": 256, "precision": "fp32"}
+    return RankingOptions(**{**values, **changes})
 
 
 def scorer_of(model: nn.Module, features: torch.Tensor, batch_size: int = 256) -> LikelihoodScorer:
@@ -146,8 +155,7 @@ def generic_gallery(tmp_path: Path) -> Gallery:
 
 def test_the_image_prior_stops_a_generic_image_winning(generic_gallery: Gallery) -> None:
     def ranking(**options: object) -> tuple[list[str], list[float]]:
-        searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU,
-                            RankingOptions(candidates=0, **options))
+        searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU, options_with(**options))
         hits = searcher.search("red circle", top=4)
         return [hit.name for hit in hits], [hit.score for hit in hits]
 
@@ -164,8 +172,7 @@ def test_the_image_prior_stops_a_generic_image_winning(generic_gallery: Gallery)
 
 
 def test_the_query_prior_shifts_every_score_of_a_query_alike(generic_gallery: Gallery) -> None:
-    searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU,
-                        RankingOptions(candidates=0, prior="mean"))
+    searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU, options_with(prior="mean"))
     hits = searcher.search("red circle", top=4)
     assert [hit.name for hit in hits] == ["generic", "red_circle", "red_square", "blue_square"]
     shifts = {round(hit.log_likelihood - hit.score, 6) for hit in hits}
@@ -180,8 +187,7 @@ def test_the_query_prior_shifts_every_score_of_a_query_alike(generic_gallery: Ga
 
 
 def test_candidates_come_from_the_caption_index(generic_gallery: Gallery) -> None:
-    searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU,
-                        RankingOptions(candidates=2, prior="none"))
+    searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU, options_with(candidates=2))
     # BM25: "red circle" matches the caption "red circle" on both words, then "red square" or "blue circle"
     candidates, _, _ = searcher.rank(["red circle"])
     assert candidates[0, 0] == generic_gallery.names.index("red_circle") and candidates.shape == (1, 2)
@@ -214,3 +220,12 @@ def test_rerank_puts_candidates_first_then_the_first_stage_order() -> None:
     first = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]])
     combined = rerank(first, np.array([[0, 1]]), np.array([[-9.0, -3.0]]))  # re-scoring swaps the two
     assert np.argsort(-combined[0]).tolist() == [1, 0, 2, 3, 4]
+
+
+def test_ranking_options_have_one_source_the_retrieval_section() -> None:
+    assert all(field.default is dataclasses.MISSING for field in dataclasses.fields(RankingOptions))  # no 2nd defaults
+    section = {"candidates": 7, "prior": "blank", "prior_weight": 0.5, "image_weight": 0.25, "bank_size": 9,
+               "batch_size": 33, "precision": "bf16", "device": "cpu", "captions": "c.json", "metrics": "m.json"}
+    options = RankingOptions.from_config(RetrievalConfig.model_validate(section))
+    assert dataclasses.asdict(options) == {key: section[key] for key in dataclasses.asdict(options)}
+    assert set(dataclasses.asdict(options)) == set(section) - {"device", "captions", "metrics"}

@@ -5,10 +5,12 @@
 The query is normalised like every caption (`pipeline.text.normalise`), encoded with the
 checkpoint's vocabulary (unknown words become <unk>) and teacher-forced through the decoder in
 eval mode from the image's cached features: the same function as `CaptionDecoder.forward` with
-dropout off, run through the decoder's start/advance interface so that each image's features are
-standardised and projected once for all the queries scored against it, and queries that begin
-with the same words share the decoder steps of those words for the same image. Pairs are scored
-in blocks of `batch_size`, sorted by image and then by the query's words.
+dropout off, run through the decoder's start/advance interface (`teacher_forced`). Pairs are
+grouped by image, about `batch_size` to a group: each image's features are standardised and
+projected once for all the queries scored against it, every decoder step advances all the pairs
+of the group in one batch laid out (images, K) as `DecoderState` defines it (the output layer and
+its log-softmax one product for them all), and queries that begin with the same words share the
+decoder steps of those words for the same image.
 
 Two corrections of the raw score (combined by `corrected`):
 - the query prior, log p(q | context): the query's likelihood given the mean of the gallery's
@@ -24,16 +26,17 @@ Two corrections of the raw score (combined by `corrected`):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.errors import InputError
-from pipeline.model.decoder import CaptionDecoder
+from pipeline.model.decoder import CaptionDecoder, DecoderState
 from pipeline.text import Vocabulary, normalise, tokenize
 
+MAX_IMAGES = 256  # images whose features are held at once: (G, P, E) float32, 100 MB at seed sizes
 FeaturesOf = Callable[[np.ndarray], torch.Tensor]  # image rows (U,) -> features (U, P, E)
 
 
@@ -72,63 +75,134 @@ def evaluating(model: CaptionDecoder) -> Iterator[None]:
         model.train(was_training)
 
 
-def log_likelihood(model: CaptionDecoder, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Summed log-probabilities (B,) of tokens[:, 1:] (words and END; PAD ignored) given one image.
+def _layout(unique: torch.Tensor, vocab_size: int, beams: int, pad: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+    """Where the step's distinct (prefix row, word) keys go: the next state laid out (images, K).
 
-    features (P, E) of the image; tokens (B, T) = [START, w1..wn, END, PAD...]. Sequences that start
-    with the same words share the decoder steps of those words: each distinct prefix is advanced
-    once, and the image's standardised features are shared (broadcast), not copied, across rows.
+    unique (U,) sorted keys row * V + word over the current state's caption rows (laid out with
+    `beams` rows per image). Each image that still has keys gets K = the most keys of one image;
+    the rows it does not fill repeat its first key's row and feed `pad` (computed, never read).
+    Returns rows (N'K,) to select, words (N'K,) to feed, each key's new row (U,), the images kept
+    (None: all) and N'.
     """
-    pad = model.config.pad_index
-    start = model.start(features[None])  # 1 row
-    h, c = start.h, start.c  # (N, H): one row per distinct prefix decoded so far
-    total = torch.zeros(tokens.size(0), device=tokens.device)  # (B,)
-    node = torch.zeros(tokens.size(0), dtype=torch.long, device=tokens.device)  # (B,) each sequence's prefix row
+    rows, words = unique // vocab_size, unique % vocab_size  # (U,), (U,)
+    image = rows // beams  # (U,) in the current state; sorted, since the keys are
+    kept, counts = torch.unique_consecutive(image, return_counts=True)  # (N',), (N',)
+    K = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts  # (N',) each kept image's first key
+    which = torch.repeat_interleave(torch.arange(len(kept), device=unique.device), counts)  # (U,)
+    placed = which * K + torch.arange(len(unique), device=unique.device) - starts[which]  # (U,)
+    selected = rows[starts].repeat_interleave(K)  # (N'K,) filler: a row of the same image
+    selected[placed] = rows
+    fed = torch.full_like(selected, pad)
+    fed[placed] = words
+    return selected, fed, placed, kept, len(kept)
+
+
+def teacher_forced(model: CaptionDecoder, state: DecoderState, images: torch.Tensor, tokens: torch.Tensor
+                   ) -> torch.Tensor:
+    """Summed log-probabilities (B,) of tokens[:, 1:] (words and END; PAD ignored), float64.
+
+    state: from `model.start` (one caption row per image); images (B,) each sequence's image row in
+    it; tokens (B, T) = [START, w1..wn, END, PAD...]. Every step advances the distinct (image,
+    prefix) states of all the images at once, as one batch laid out (images, K): sequences that
+    start with the same words on the same image share those steps, and the images' features are
+    shared by their rows, never copied per row.
+    """
+    pad, vocab_size = model.config.pad_index, model.config.vocab_size
+    total = torch.zeros(tokens.size(0), dtype=torch.float64, device=tokens.device)  # (B,)
+    node = images.to(tokens.device).clone()  # (B,) each sequence's caption row in `state`
+    beams = 1  # K, the state's caption rows per image row
     for t in range(1, tokens.size(1)):
         target = tokens[:, t]  # (B,)
         live = (target != pad).nonzero().squeeze(1)  # (L,) sequences with a word (or END) still to score
         if not len(live):
             break
         # the next state depends on the prefix's state and the word fed: compute each distinct pair once
-        keys = torch.stack([node[live], tokens[live, t - 1]], dim=1)  # (L, 2)
-        unique, inverse = torch.unique(keys, dim=0, return_inverse=True)  # (U, 2), (L,)
-        state = dataclasses.replace(start, h=h[unique[:, 0]], c=c[unique[:, 0]])  # one image, U rows of it
-        log_probs, _, state = model.advance(state, unique[:, 1])  # (U, V)
-        h, c = state.h, state.c
-        total[live] += log_probs[inverse, target[live]]
-        node[live] = inverse  # finished sequences keep stale rows: they are never live again
+        keys = node[live] * vocab_size + tokens[live, t - 1]  # (L,)
+        unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)  # (U,), (L,)
+        rows, words, placed, kept, count = _layout(unique, vocab_size, beams, pad)
+        state = state.select_beams(rows, None if count * beams == state.h.size(0) else kept)  # all images kept: shared
+        log_probs, _, state = model.advance(state, words)  # (N'K, V)
+        beams = len(rows) // count
+        node[live] = placed[inverse]  # finished sequences keep stale rows: they are never live again
+        total[live] += log_probs[node[live], target[live]].double()
     return total
 
 
+def image_groups(counts: np.ndarray, batch_size: int, max_images: int = MAX_IMAGES) -> list[tuple[int, int]]:
+    """Consecutive [first, last) runs of images with at most `batch_size` pairs in all (counts (U,) per
+    image) and at most `max_images` images; an image with more pairs is a run of its own."""
+    groups, first, total = [], 0, 0
+    for image, count in enumerate(counts.tolist()):
+        if image > first and (total + count > batch_size or image - first == max_images):
+            groups.append((first, image))
+            first, total = image, 0
+        total += count
+    if len(counts):
+        groups.append((first, len(counts)))
+    return groups
+
+
 class LikelihoodScorer:
-    """log p(query | image) for (query, image) pairs, in blocks, from a decoder and image features."""
+    """log p(query | image) for (query, image) pairs from a decoder and image features.
+
+    Pairs are grouped by image, about `batch_size` pairs (and at most MAX_IMAGES images) to a group:
+    each image's features are read, standardised and projected once, and all the pairs of a group
+    advance together, one decoder step for all of them (an image with more pairs than `batch_size`
+    is a group of its own, its pairs scored `batch_size` at a time from the one projection). With
+    `precision` bf16, the decoder runs under bf16 autocast (log-probabilities stay float32; see
+    docs/search.md for what it changes). With `progress`, a progress bar of that name over the pairs.
+    """
 
     def __init__(self, model: CaptionDecoder, vocabulary: Vocabulary, features_of: FeaturesOf,
-                 device: torch.device, batch_size: int = 256) -> None:
+                 device: torch.device, batch_size: int, precision: str = "fp32", progress: str | None = None) -> None:
         self.model, self.vocabulary, self.features_of = model, vocabulary, features_of
-        self.device, self.batch_size = device, batch_size
+        self.device, self.batch_size, self.precision, self.progress = device, batch_size, precision, progress
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast for `precision` bf16, else a context that changes nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def tokens(self, queries: Sequence[str]) -> torch.Tensor:
         """Token ids (Q, T) of the queries; QueryError for an empty one."""
         return encode_queries(queries, self.vocabulary, self.model.config.max_caption_length)
 
+    def _blocks(self, state: DecoderState, images: np.ndarray, tokens: torch.Tensor, bar: tqdm) -> np.ndarray:
+        """Scores (B,) of sequences tokens (B, T) on rows `images` (B,) of `state`, `batch_size` at a time."""
+        scores = np.empty(len(tokens), dtype=np.float64)
+        for start in range(0, len(tokens), self.batch_size):
+            block = slice(start, start + self.batch_size)
+            length = int((tokens[block] != self.vocabulary.pad).sum(dim=1).max())
+            with self._autocast():
+                scores[block] = teacher_forced(self.model, state, torch.as_tensor(images[block], device=self.device),
+                                               tokens[block, :length].to(self.device)).cpu().numpy()
+            bar.update(len(scores[block]))
+        return scores
+
+    def _bar(self, total: int) -> tqdm:
+        """A progress bar over `total` pairs when the scorer has a `progress` name, else a silent one."""
+        return tqdm(total=total, disable=self.progress is None, desc=self.progress, unit="pair", unit_scale=True,
+                    mininterval=1.0, leave=False)
+
     def pairs(self, tokens: torch.Tensor, query_rows: np.ndarray, image_rows: np.ndarray) -> np.ndarray:
         """Scores (M,) of the pairs (tokens[query_rows[m]], image image_rows[m])."""
         query_rows, image_rows = np.asarray(query_rows, dtype=np.int64), np.asarray(image_rows, dtype=np.int64)
-        lengths = (tokens != self.vocabulary.pad).sum(dim=1).numpy()  # (Q,)
-        # by image, then by the query's words: each image's queries with common prefixes lie together
-        order = np.lexsort((*tokens.numpy()[query_rows].T[::-1], image_rows))
-        scores = np.empty(len(order), dtype=np.float64)
-        images, first = np.unique(image_rows[order], return_index=True)
-        bounds = [*first.tolist(), len(order)]
-        with evaluating(self.model):
-            for group in range(0, len(images), self.batch_size):  # read the features of a few images at once
-                chunk = self.features_of(images[group:group + self.batch_size]).to(self.device)  # (G, P, E)
-                for offset, features in enumerate(chunk):
-                    pairs = order[bounds[group + offset]:bounds[group + offset + 1]]
-                    length = int(lengths[query_rows[pairs]].max())
-                    image_tokens = tokens[query_rows[pairs], :length].to(self.device)  # (B, T)
-                    scores[pairs] = log_likelihood(self.model, features, image_tokens).double().cpu().numpy()
+        scores = np.empty(len(query_rows), dtype=np.float64)
+        images, of_pair, counts = np.unique(image_rows, return_inverse=True, return_counts=True)  # (U,), (M,), (U,)
+        # images with about as many pairs side by side: a step pads each image to its group's most rows
+        by_count = np.argsort(-counts, kind="stable")  # (U,)
+        place = np.empty_like(by_count)
+        place[by_count] = np.arange(len(by_count))  # (U,) each image's place in that order
+        order = np.argsort(place[of_pair], kind="stable")  # (M,) the pairs, image after image
+        bounds = np.concatenate([[0], np.cumsum(counts[by_count])])  # (U + 1,) each image's pairs in `order`
+        with evaluating(self.model), self._bar(len(order)) as bar:
+            for first, last in image_groups(counts[by_count], self.batch_size):
+                features = self.features_of(images[by_count[first:last]]).to(self.device)  # (G, P, E)
+                with self._autocast():
+                    state = self.model.start(features)  # each image standardised and projected once
+                group = order[bounds[first]:bounds[last]]  # (n,) its pairs
+                scores[group] = self._blocks(state, place[of_pair[group]] - first, tokens[query_rows[group]], bar)
         return scores
 
     def matrix(self, tokens: torch.Tensor, candidates: np.ndarray) -> np.ndarray:
@@ -139,8 +213,10 @@ class LikelihoodScorer:
 
     def given(self, tokens: torch.Tensor, features: torch.Tensor) -> np.ndarray:
         """Scores (Q,) of each query given one context's features (P, E)."""
-        with evaluating(self.model):
-            return log_likelihood(self.model, features.to(self.device), tokens.to(self.device)).double().cpu().numpy()
+        with evaluating(self.model), self._bar(len(tokens)) as bar:
+            with self._autocast():
+                state = self.model.start(features[None].to(self.device))  # 1 image
+            return self._blocks(state, np.zeros(len(tokens), dtype=np.int64), tokens, bar)
 
 
 def blank_features(model: CaptionDecoder, num_regions: int) -> torch.Tensor:

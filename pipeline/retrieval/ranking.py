@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from pipeline.config import RetrievalConfig
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.errors import InputError
 from pipeline.model.decoder import CaptionDecoder
@@ -24,6 +25,7 @@ from pipeline.retrieval.likelihood import (
     image_prior,
 )
 from pipeline.retrieval.text_index import CaptionIndex, top_candidates
+from pipeline.runtime import resolve_precision
 from pipeline.text import Vocabulary
 
 MEAN_CHUNK = 256  # images read at a time when averaging a gallery's features
@@ -35,14 +37,20 @@ class SearchError(InputError):
 
 @dataclasses.dataclass(frozen=True)
 class RankingOptions:
-    """How a query ranks images (params.yaml `retrieval`; the defaults are the measured best)."""
+    """How a query ranks images: params.yaml `retrieval` (its one source of values), through `from_config`."""
 
-    candidates: int = 20  # images the caption index passes on to the likelihood; 0: every image
-    prior: Literal["none", "mean", "blank"] = "mean"  # context whose likelihood of the query is subtracted
-    prior_weight: float = 1.0
-    image_weight: float = 0.0  # weight of the image prior (mean log-likelihood of the caption bank)
-    bank_size: int = 32  # captions in the bank
-    batch_size: int = 256  # (query, image) pairs scored at once
+    candidates: int  # images the caption index passes on to the likelihood; 0: every image
+    prior: Literal["none", "mean", "blank"]  # context whose likelihood of the query is subtracted
+    prior_weight: float
+    image_weight: float  # weight of the image prior (mean log-likelihood of the caption bank)
+    bank_size: int  # captions in the bank
+    batch_size: int  # (query, image) pairs scored at once
+    precision: Literal["auto", "fp32", "bf16"]  # of the decoder while scoring; auto: bf16 where native
+
+    @classmethod
+    def from_config(cls, config: RetrievalConfig) -> RankingOptions:
+        """The ranking keys of params.yaml's `retrieval` section."""
+        return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass
@@ -86,9 +94,10 @@ class Searcher:
     """Ranks a gallery's images for text queries with a caption decoder."""
 
     def __init__(self, model: CaptionDecoder, vocabulary: Vocabulary, gallery: Gallery, device: torch.device,
-                 options: RankingOptions = RankingOptions()) -> None:
+                 options: RankingOptions, progress: str | None = None) -> None:
         self.gallery, self.options = gallery, options
-        self.scorer = LikelihoodScorer(model, vocabulary, gallery.features_of, device, options.batch_size)
+        self.scorer = LikelihoodScorer(model, vocabulary, gallery.features_of, device, options.batch_size,
+                                       resolve_precision(options.precision, device), progress)
         self.index = CaptionIndex(gallery.captions)
         self.bank = caption_bank(gallery.captions, options.bank_size) if options.image_weight else []
         self._context: torch.Tensor | None = None

@@ -8,8 +8,11 @@ decoding settings). The first stage (BM25 over those generated captions) ranks e
 captioner's likelihood of the query re-ranks its `retrieval.candidates` best (see
 `pipeline.retrieval`). Written: Recall@1/5/10, median and mean rank of both rankings, how many
 answers the first stage kept among the candidates (the recall the re-ranking cannot win back),
-the time per distinct query (wall clock, the query prior and image prior included) and the one-off
-time to caption the gallery. Identical queries are scored once.
+and the counts that define those scores (images, queries, candidates): scores only, so that `dvc
+exp show` and `dvc metrics diff` compare scores. The times (per distinct query, wall clock, the
+query prior and image prior included; the one-off captioning of the gallery) are printed in the
+summary line, with a progress bar over the (query, image) pairs while they are scored. Identical
+queries are scored once.
 
 Run: python -m pipeline.stages.retrieval
 """
@@ -39,14 +42,8 @@ from pipeline.model.checkpoint import check_features, load_checkpoint
 from pipeline.model.decoder import CaptionDecoder
 from pipeline.retrieval.metrics import rank_counts, rerank, retrieval_scores
 from pipeline.retrieval.ranking import Gallery, RankingOptions, Searcher
-from pipeline.runtime import resolve_device
+from pipeline.runtime import resolve_device, resolve_precision
 from pipeline.text import Vocabulary, normalise
-
-
-def ranking_options(config: RetrievalConfig) -> RankingOptions:
-    """The ranking options of params.yaml's retrieval section."""
-    return RankingOptions(config.candidates, config.prior, config.prior_weight, config.image_weight,
-                          config.bank_size, config.batch_size)
 
 
 def generated_captions(model: CaptionDecoder, vocabulary: Vocabulary, store: FeatureStore, names: list[str],
@@ -61,6 +58,34 @@ def generated_captions(model: CaptionDecoder, vocabulary: Vocabulary, store: Fea
 
     captions = describe_all(model, names, features_of, vocabulary, options, config.batch_size)
     return [captions[name].text for name in names]
+
+
+def queries_of(references: dict[str, list[str]], names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Distinct normalised queries, and for every reference its query (Q,) and its image's row (Q,)."""
+    pairs = [(normalise(text), row) for row, name in enumerate(names) for text in references[name]]
+    distinct = sorted({text for text, _ in pairs})
+    position = {text: i for i, text in enumerate(distinct)}
+    return distinct, np.array([position[text] for text, _ in pairs]), np.array([row for _, row in pairs])
+
+
+def retrieval_metrics(searcher: Searcher, distinct: list[str], which: np.ndarray, answers: np.ndarray
+                      ) -> tuple[dict[str, object], dict[str, float]]:
+    """The scores of both rankings (the metrics file), and the time per distinct query of each, ms."""
+    started = time.perf_counter()
+    first = searcher.index.score_matrix(distinct)  # (D, N)
+    first_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    candidates, _, final = searcher.rank(distinct)  # (D, C) each; includes the first stage again
+    rank_seconds = time.perf_counter() - started
+    metrics: dict[str, object] = {
+        "images": len(searcher.gallery), "queries": len(which), "distinct_queries": len(distinct),
+        "candidates": int(candidates.shape[1]),
+        "first_stage": retrieval_scores(*rank_counts(first[which], answers)),
+        "reranked": retrieval_scores(*rank_counts(rerank(first, candidates, final)[which], answers)),
+        "candidate_recall": 100.0 * float(np.mean((candidates[which] == answers[:, None]).any(axis=1))),
+    }
+    return metrics, {"first_stage": 1000 * first_seconds / len(distinct),
+                     "reranked": 1000 * rank_seconds / len(distinct)}
 
 
 def main() -> None:
@@ -81,37 +106,17 @@ def main() -> None:
     captioning_seconds = time.perf_counter() - started
     gallery = Gallery(names, [Path(dataset.images) / name for name in names], captions, store,
                       np.array(store.rows_of(names)))
-    searcher = Searcher(model, vocabulary, gallery, device, ranking_options(config))
-
-    # every (reference, its image) pair; identical queries are scored once
-    pairs = [(normalise(text), row) for row, name in enumerate(names) for text in references[name]]
-    distinct = sorted({text for text, _ in pairs})
-    position = {text: i for i, text in enumerate(distinct)}
-    which = np.array([position[text] for text, _ in pairs])  # (Q,) distinct query of each pair
-    answers = np.array([row for _, row in pairs])  # (Q,)
-
-    started = time.perf_counter()
-    first = searcher.index.score_matrix(distinct)  # (D, N)
-    first_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    candidates, _, final = searcher.rank(distinct)  # (D, C) each; includes the first stage again
-    rank_seconds = time.perf_counter() - started
-
-    metrics = {"split": evaluate_config.split, "images": len(names), "queries": len(pairs),
-               "distinct_queries": len(distinct), "candidates": int(candidates.shape[1]), "prior": config.prior,
-               "prior_weight": config.prior_weight, "image_weight": config.image_weight,
-               "captioning_seconds": captioning_seconds}
-    metrics["first_stage"] = retrieval_scores(*rank_counts(first[which], answers))
-    metrics["first_stage"]["ms_per_query"] = 1000 * first_seconds / len(distinct)
-    metrics["reranked"] = retrieval_scores(*rank_counts(rerank(first, candidates, final)[which], answers))
-    metrics["reranked"]["ms_per_query"] = 1000 * rank_seconds / len(distinct)
-    metrics["candidate_recall"] = 100.0 * float(np.mean((candidates[which] == answers[:, None]).any(axis=1)))
+    options = RankingOptions.from_config(config)
+    searcher = Searcher(model, vocabulary, gallery, device, options, progress="retrieval")
+    distinct, which, answers = queries_of(references, names)  # identical queries are scored once
+    metrics, ms_per_query = retrieval_metrics(searcher, distinct, which, answers)
     write_json(config.metrics, metrics)
     shown = "; ".join(f"{stage} R@1 {metrics[stage]['r1']:.1f} R@5 {metrics[stage]['r5']:.1f} "
                       f"R@10 {metrics[stage]['r10']:.1f} median rank {metrics[stage]['median_rank']:g} "
-                      f"({metrics[stage]['ms_per_query']:.1f} ms/query)" for stage in ("first_stage", "reranked"))
-    print(f"retrieval: {len(pairs)} queries ({len(distinct)} distinct) over {len(names)} {evaluate_config.split} "
-          f"images: {shown} -> {config.metrics}")
+                      f"({ms_per_query[stage]:.3g} ms/query)" for stage in ("first_stage", "reranked"))
+    print(f"retrieval: {len(which)} queries ({len(distinct)} distinct) over {len(names)} {evaluate_config.split} "
+          f"images: {shown}; decoder {resolve_precision(options.precision, device)}, {captioning_seconds:.1f} s to "
+          f"caption the images -> {config.metrics}")
 
 
 if __name__ == "__main__":
