@@ -42,6 +42,7 @@ import torch
 from benchmarks.common import Timings, machine_line, spread, time_variants
 from benchmarks.flickr30k_like import words
 from pipeline.config import ModelConfig, RetrievalConfig, load_section
+from pipeline.model.architectures import build_decoder
 from pipeline.model.decoder import CaptionDecoder, DecoderConfig
 from pipeline.retrieval.likelihood import LikelihoodScorer, corrected, encode_queries, evaluating
 from pipeline.retrieval.metrics import rank_counts, rerank, retrieval_scores
@@ -154,8 +155,9 @@ def make_decoder(vocabulary: Vocabulary, seed: int = 0) -> CaptionDecoder:
     """The seed-sized decoder with random weights, its output layer made to score like a trained one."""
     torch.manual_seed(seed)
     architecture = load_section(ModelConfig, ROOT / "params.yaml").architecture
-    model = CaptionDecoder(DecoderConfig(vocab_size=len(vocabulary), embed_dim=D, encoder_dim=E, attention_dim=A,
-                                         decoder_dim=H, pad_index=vocabulary.pad, architecture=architecture))
+    model = build_decoder(DecoderConfig(vocab_size=len(vocabulary), embed_dim=D, encoder_dim=E, attention_dim=A,
+                                        decoder_dim=H, dropout=0.5, pad_index=vocabulary.pad, max_caption_length=30,
+                                        architecture=architecture))
     with torch.no_grad():
         ranks = torch.arange(1, len(vocabulary) + 1, dtype=torch.float32)
         model.output.bias.copy_(-ZIPF * ranks.log())

@@ -26,6 +26,8 @@ from pipeline.config import PARAMS_ENV
 from pipeline.datasets.table import read_captions
 from tests.conftest import ROOT, write_params
 
+pytestmark = pytest.mark.slow  # kill -9 of stages run as subprocesses, then their reruns
+
 
 def start(stage: str, folder: Path, params: Path) -> subprocess.Popen:
     """The stage's command line, as dvc.yaml runs it, in `folder`."""
@@ -39,7 +41,6 @@ def start(stage: str, folder: Path, params: Path) -> subprocess.Popen:
 HOLD = """
 import importlib, runpy, sys, time
 
-pytestmark = pytest.mark.slow  # kill -9 of stages run as subprocesses, then their reruns
 stage, module, name, times, marker = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 target = importlib.import_module(module)
 original, calls = getattr(target, name), []

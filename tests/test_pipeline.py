@@ -17,17 +17,13 @@ from tests.conftest import run_in as run
 
 pytestmark = pytest.mark.slow  # real `dvc repro` runs in a copy of the project
 
-# the default architecture end to end here (the other tiny-project tests train sat, see TINY_PARAMS)
-SPATIAL = {"model": {"architecture": "spatial"}}
-
-
 def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([a-z_]+)'", output))
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_project(tmp_path_factory.mktemp("project"), SPATIAL)
+    return copy_project(tmp_path_factory.mktemp("project"))
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +40,14 @@ def test_repro_runs_every_stage_and_writes_outputs(project: Path, first_run: str
                  "data/train/best.pt", "data/train/last.pt", "data/scst/best.pt", "data/evaluate/predictions.json"]:
         assert (project / path).is_file(), path
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
-    # the tiny run learns the demo's words: measured on this configuration with train seeds 0-4, BLEU-1
-    # 0.44-0.51 and CIDEr 0.73-0.83 (2 epochs at the repository's lr: 0.15 and 0.31; an untrained or
-    # broken model, captions of one word repeated or empty: below 0.2 and 0.31)
-    assert metrics["bleu1"] >= 0.35 and metrics["cider"] >= 0.5, metrics
+    # the tiny run learns the demo's words. On 6 test images the scores swing with the seed: measured on
+    # this configuration with train seeds 0-4 (sat), BLEU-1 0.28-0.51, CIDEr 0.33-1.14, 5-8 words used, the
+    # training cross-entropy's last epoch 0.36-0.48 of its first; an untrained or broken model (captions of
+    # one word repeated, or empty) scores BLEU-1 below 0.2 with 1 word used
+    assert metrics["bleu1"] >= 0.25 and metrics["vocabulary_used"] >= 4, metrics
+    cross_entropy = (project / "metrics/train/plots/metrics/train/cross_entropy.tsv").read_text().splitlines()
+    first, last = (float(line.split("\t")[1]) for line in (cross_entropy[1], cross_entropy[-1]))
+    assert last <= 0.6 * first, cross_entropy
     assert 0.0 <= metrics["attention_correctness"] <= 1.0
     assert metrics["images"] == 6
     predictions = json.loads((project / "data/evaluate/predictions.json").read_text())
@@ -73,11 +73,11 @@ def test_second_repro_runs_nothing(project: Path, first_run: str) -> None:
 
 
 def test_train_param_change_reruns_train_and_evaluate_only(project: Path, first_run: str) -> None:
-    write_params(project, {**SPATIAL, "train": {"lr": 0.02, "epochs": 2}}, tiny=True)  # 2 epochs: cheaper
+    write_params(project, {"train": {"lr": 0.02, "epochs": 2}}, tiny=True)  # 2 epochs: cheaper
     assert stages_run(run(["dvc", "repro"], project)) == {"train", "scst", "evaluate", "retrieval"}
 
 
 def test_encoder_param_change_reruns_features_onwards(project: Path, first_run: str) -> None:
-    write_params(project, {**SPATIAL, "train": {"lr": 0.02, "epochs": 2}, "encoder": {"dtype": "float32"}}, tiny=True)
+    write_params(project, {"train": {"lr": 0.02, "epochs": 2}, "encoder": {"dtype": "float32"}}, tiny=True)
     assert stages_run(run(["dvc", "repro"], project)) == {"features", "train", "scst", "evaluate", "retrieval"}
     assert stages_run(run(["dvc", "repro"], project)) == set()

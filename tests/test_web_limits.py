@@ -33,9 +33,15 @@ def send_streaming(url: str, head: str, chunks: Iterable[bytes]) -> tuple[int, b
     sock = socket.create_connection((host, int(port)), timeout=60)
     answer, done = bytearray(), threading.Event()
 
-    def read() -> None:
+    def complete() -> bool:
+        """The whole answer is in: its headers and the Content-Length bytes of body they announce."""
+        headers, found, body = bytes(answer).partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", headers)
+        return bool(found and length and len(body) >= int(length[1]))
+
+    def read() -> None:  # until the answer is complete or the server closes the connection
         try:
-            while data := sock.recv(65536):
+            while not complete() and (data := sock.recv(65536)):
                 answer.extend(data)
         except OSError:
             pass
