@@ -120,7 +120,8 @@ def percentile(values: list[float], share: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("data/train/best.pt"))
+    parser.add_argument("--checkpoint", type=Path, default=Path("data/scst/best.pt"),
+                        help="the final model (scst.checkpoint)")
     parser.add_argument("--photos", type=Path, default=Path("data/shapes/images"))
     parser.add_argument("--index-photos", type=int, default=100, help="photos indexed and uploaded")
     parser.add_argument("--clients", type=int, default=16)

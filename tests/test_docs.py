@@ -23,3 +23,14 @@ def test_every_stage_is_in_the_architecture_page_and_the_count_is_right() -> Non
     assert not missing, f"docs/architecture.md does not mention the stage modules {missing}"
     numbers = {7: "seven", 8: "eight", 9: "nine", 10: "ten", 11: "eleven"}
     assert f"{numbers[len(stages)]} stages" in ARCHITECTURE
+
+
+def test_no_text_file_holds_an_unresolved_merge() -> None:
+    kinds = {".md", ".py", ".yaml", ".toml", ".txt", ".sh", ".html", ".js", ".css"}
+    files = [path for path in ROOT.rglob("*") if path.suffix in kinds and path.is_file()
+             and not {".venv", ".git", ".dvc", "data", "node_modules"} & set(path.relative_to(ROOT).parts)]
+    assert any(path.name == "README.md" for path in files)
+    marked = [f"{path.relative_to(ROOT)}:{number}" for path in files
+              for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+              if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "======="]
+    assert not marked, f"merge conflict markers left at {marked}"

@@ -53,11 +53,11 @@ def read_payload(path: str | Path, device: torch.device | str = "cpu") -> Any:
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
     """Rebuild the decoder from a checkpoint (eval mode) and return it with its vocabulary and the whole payload.
 
-        model, vocabulary, payload = load_checkpoint("data/train/best.pt", device)
+        model, vocabulary, payload = load_checkpoint("data/scst/best.pt", device)
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found; run `dvc repro train` (or `dvc pull`) first")
+        raise FileNotFoundError(f"{path}: checkpoint not found; run `dvc repro` (or `dvc pull`) first")
     retrain = "make it again (`dvc repro train`, or `dvc pull` it) or give another checkpoint"
     try:
         payload = read_payload(path, device)

@@ -1,6 +1,6 @@
 """Stage `evaluate`: caption the held-out split and score it.
 
-    data/train/best.pt, data/features/features.h5, data/prepared/captions.csv
+    data/scst/best.pt (the final model: scst.checkpoint), data/features/features.h5, data/prepared/captions.csv
         -> metrics/evaluate.json (BLEU-1..4, METEOR, ROUGE-L, CIDEr, attention correctness),
            data/evaluate/predictions.json, data/evaluate/attention/*.png, and the predictions and
            references in the COCO formats (coco_results.json, coco_image_ids.json,

@@ -1,6 +1,7 @@
 """Stage `retrieval`: text-to-image search on the held-out split, each reference caption a query.
 
-    data/train/best.pt, data/features/features.h5, data/prepared/captions.csv -> metrics/retrieval.json
+    data/scst/best.pt (the final model: scst.checkpoint), data/features/features.h5,
+    data/prepared/captions.csv -> metrics/retrieval.json
 
 The gallery is the `evaluate.split` images; every reference caption is a query whose answer is its
 own image. The images are captioned as evaluate captions them (`evaluate.beam_size` and the other
