@@ -65,6 +65,7 @@ def make_project(root: Path, num_images: int, image_size: int, batch_size: int, 
     params["shapes"].update(num_images=num_images, image_size=image_size)
     params["encoder"].update(image_size=image_size, batch_size=batch_size, num_workers=num_workers, device="cpu")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    (root / params["dataset"]["split_dir"]).mkdir(parents=True, exist_ok=True)  # no lists: the ratio split
     with in_project(root):
         shapes.main()
         prepare.main()

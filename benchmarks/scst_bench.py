@@ -32,7 +32,7 @@ from pipeline.model.architectures import build_decoder
 from pipeline.model.decoder import DecoderConfig
 from pipeline.runtime import Processes
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
-from pipeline.training.batches import bucket_batches
+from pipeline.training.batches import EncodedCaptions, bucket_batches
 from pipeline.training.data import TrainingData
 from pipeline.training.loop import make_optimisers, run_epoch
 from pipeline.training.scst import Rewards, ScstSettings, image_batches, run_scst_epoch
@@ -89,6 +89,8 @@ def bench_scst(num_images: int, repeats: int, batch_size: int = 32) -> list[dict
         names = make_cache(cache, num_images)
         store = FeatureStore(cache)
         captions = make_captions(num_images * 5, num_images, VOCAB)
+        # five references for every image (make_captions draws the images at random)
+        captions = EncodedCaptions(captions.tokens, captions.lengths, torch.arange(num_images * 5) % num_images)
         references: dict[str, list[str]] = {name: [] for name in names}
         for row, image in zip(captions.tokens.tolist(), captions.image_rows.tolist()):
             references[names[image]].append(" ".join(vocabulary.words[t] for t in row[1:row.index(END)]))

@@ -210,7 +210,7 @@ def check_same_maths(vocab_size: int) -> float:
     logits, alphas = ours(features, captions)
     mine = caption_loss(logits, captions[:, 1:], alphas, PAD, ATTENTION_PENALTY)[0]
     theirs = tutorial_loss(*tutorial(features, captions, lengths))
-    gap = abs(float(mine) - float(theirs))
+    gap = abs(float(mine.detach()) - float(theirs.detach()))
     assert gap < 1e-4, f"V={vocab_size}: the two decoders' losses differ by {gap:.2e}"
     return gap
 
