@@ -46,7 +46,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_load_checkpoint_names_a_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nothing\.pt: checkpoint not found; run `dvc repro train`"):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.pt: checkpoint not found; run `dvc repro` \(or `dvc pull`\) first"):
         load_checkpoint(tmp_path / "nothing.pt")
 
 
