@@ -27,6 +27,7 @@ def test_best_constant_picks_the_caption_the_references_share() -> None:
     assert abs(cider - 10 * 3 / 4 * 2 / 3) < 1e-6
 
 
+@pytest.mark.slow  # pycocoevalcap's Java tokenizer and METEOR
 def test_constant_scores_match_for_a_perfect_constant() -> None:
     references = {"a": ["a dog runs"], "b": ["a dog runs"]}
     scores = constant_scores(references, "a dog runs")

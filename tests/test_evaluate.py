@@ -78,6 +78,7 @@ def test_evaluate_stage_writes_metrics_that_match_its_predictions(trained_projec
     assert len(annotations["annotations"]) == sum(len(p["references"]) for p in predictions)
 
 
+@pytest.mark.slow  # the evaluate stage with pycocoevalcap's Java scoring, a second time
 def test_evaluate_without_object_boxes(trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params = write_params(trained_project / "no_objects.yaml", {"evaluate": {
         "objects": None, "num_figures": 0, "out_dir": "data/evaluate_no_objects",

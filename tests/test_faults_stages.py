@@ -45,6 +45,7 @@ def run_features(disk: SmallDisk, params: Path, capsys: pytest.CaptureFixture[st
     return int(exited.value.code), capsys.readouterr().err
 
 
+@pytest.mark.slow  # a small filesystem filled up, the stage run twice
 @pytest.mark.parametrize("found", ["before", "while_writing"])
 def test_features_on_a_full_disk_fail_in_one_line_then_complete_once_there_is_room(
         found: str, small_disk: SmallDisk, tiny_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -9,6 +9,7 @@ from pipeline.evaluation import scoring
 from pipeline.evaluation.scoring import JavaError
 
 
+@pytest.mark.slow  # pycocoevalcap's Java tokenizer and METEOR, 15 s
 def test_coco_scores_are_perfect_for_identical_captions_and_lower_otherwise() -> None:
     references = {"1": ["a red circle to the left of a blue square", "there is a red circle and a blue square"],
                   "2": ["a green triangle on a grey background", "a single green triangle"]}
@@ -63,6 +64,7 @@ def test_a_line_break_inside_a_caption_stays_in_that_caption() -> None:
     assert tokens == {"a": ["one two", "three four five"], "b": ["six seven"]}
 
 
+@pytest.mark.slow  # pycocoevalcap's Java tokenizer and METEOR
 def test_scoring_writes_nothing_on_the_terminal(capfd: pytest.CaptureFixture[str]) -> None:
     """The Java tokenizer's speed line (printed by its process on the inherited stderr) stays out of sight."""
     scoring.coco_scores({"1": ["a red circle", "a circle"]}, {"1": "a red circle"})

@@ -101,6 +101,7 @@ def test_a_bad_memory_setting_names_the_variable(cache: tuple[FeatureStore, list
         FeatureMatrix(store, names, CPU)
 
 
+@pytest.mark.slow  # a process measured for its peak memory
 def test_loading_the_resident_matrix_makes_no_second_copy(tmp_path: Path) -> None:
     """Peak memory of the load is the matrix plus small buffers (a second full copy would double it)."""
     write_cache(tmp_path / "big.h5", 1000, regions=49, dim=1024)  # 100 MB as float16
