@@ -136,6 +136,14 @@ def reference_cross_entropy(model: CaptionDecoder, data: TrainingData, x: torch.
     return caption_loss(logits, tokens[:, 1:], alphas, model.config.pad_index, 0.0)[1]
 
 
+def captions_by_row(image_rows: torch.Tensor) -> dict[int, list[int]]:
+    """Each feature row's captions, as indices into the encoded set whose image rows (C,) are given."""
+    captions_of: dict[int, list[int]] = {}
+    for caption, row in enumerate(image_rows.tolist()):
+        captions_of.setdefault(row, []).append(caption)
+    return captions_of
+
+
 def image_batches(count: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     """The epoch's shuffled batches of image indices (the same on every process, replayed on resume)."""
     return list(torch.randperm(count, generator=generator).split(batch_size))
@@ -154,9 +162,7 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
     totals = np.zeros(3)  # over this process's samples: reward, baseline, chosen tokens
     images, started = 0, time.perf_counter()
     mine = [batch[processes.rank::processes.world_size] for batch in batches if len(batch) >= processes.world_size]
-    captions_of: dict[int, list[int]] = {}  # feature row -> its training captions
-    for caption, row in enumerate(data.train_set.image_rows.tolist()):
-        captions_of.setdefault(row, []).append(caption)
+    captions_of = captions_by_row(data.train_set.image_rows) if settings.xe_weight else {}
     with tqdm(total=sum(map(len, mine)), disable=progress is None, desc=progress, unit="image", mininterval=1.0,
               leave=False) as bar:
         for batch in mine:
