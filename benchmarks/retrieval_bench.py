@@ -18,12 +18,19 @@ Timed, in turn in this process, each scoring every distinct query against its 20
 its query prior (`prior: mean`), which is what the retrieval stage's per-query time counts:
 - one at a time: the scorer as it was before the grouping (`baseline_pairs`, `baseline_given` below: one
   image at a time, its queries sharing prefixes, the features of 256 images read at a time);
-- grouped fp32 and (where the CPU multiplies bf16 natively) grouped bf16: `LikelihoodScorer`.
+- grouped fp32, (where the CPU multiplies bf16 natively) grouped bf16 and (where it has int8 dot
+  products, AVX512-VNNI or AVX-VNNI) grouped int8: `LikelihoodScorer`.
 Reported: ms per query each way, the ratio, and how the answers' ranks agree (same rank for how
 many queries, Recall@1/5/10 and median rank of each).
 
+OpenMP's wait policy matters here: the scorer's step is many operations of a few hundred
+microseconds, and with OMP_WAIT_POLICY=PASSIVE (what this module and benchmarks.run set unless the
+environment says otherwise, for shared machines) each one wakes a sleeping thread. The retrieval
+stage runs with OpenMP's default (threads spin a while before sleeping); to time it as it runs on an
+idle machine, set OMP_WAIT_POLICY=ACTIVE. The policy is printed with the machine.
+
 Run alone: python -m benchmarks.retrieval_bench [--images 1000] [--queries 5000] [--repeats 1] [--threads 2]
-[--bf16 auto|always|never]
+[--bf16 auto|always|never] [--int8 auto|always|never]
 """
 from __future__ import annotations
 
@@ -47,7 +54,7 @@ from pipeline.model.decoder import CaptionDecoder, DecoderConfig
 from pipeline.retrieval.likelihood import LikelihoodScorer, corrected, encode_queries, evaluating
 from pipeline.retrieval.metrics import rank_counts, rerank, retrieval_scores
 from pipeline.retrieval.text_index import CaptionIndex, top_candidates
-from pipeline.runtime import cpu_has_bf16
+from pipeline.runtime import cpu_has_bf16, cpu_has_int8_dot
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +65,7 @@ QUERY_WORDS, QUERY_GAMMA, CAPTION_WORDS = (8, 20), (5.0, 2.4), (8, 12)  # gamma:
 ZIPF, FROM_CAPTION, SHARPNESS, FEATURE_STD = 1.1, 0.35, 6.0, 0.25
 CAPTION_POOL, POOL_ZIPF = 0.3, 1.0  # generated captions repeat: ~200 distinct of 1,000, the commonest ~90 times
 BASELINE_CHUNK = 256  # images whose features the old scorer reads at a time (its batch_size)
+VARIANTS = ("one at a time", "grouped fp32", "grouped bf16", "grouped int8")
 
 
 # -- the old scorer, as pipeline/retrieval/likelihood.py had it before the grouping -------------------
@@ -172,15 +180,18 @@ def make_decoder(vocabulary: Vocabulary, seed: int = 0) -> CaptionDecoder:
 
 
 class StepCounter:
-    """Counts the decoder rows (padding rows included) each variant steps, by wrapping `model.advance`."""
+    """Counts the decoder rows (padding rows included) each variant steps, by wrapping the model class's
+    `advance` (so that the int8 scorer's copy of the model is counted too; for this process only)."""
 
     def __init__(self, model: CaptionDecoder) -> None:
-        self.advance, self.rows, self.counted = model.advance, {}, 0
-        model.advance = self._advance  # this instance only
+        self.rows, self.counted = {}, 0
+        decoder_class, plain, counter = type(model), type(model).advance, self
 
-    def _advance(self, state: object, words: torch.Tensor) -> object:
-        self.counted += len(words)
-        return self.advance(state, words)
+        def advance(decoder: CaptionDecoder, state: object, words: torch.Tensor, *rest: object) -> object:
+            counter.counted += len(words)
+            return plain(decoder, state, words, *rest)
+
+        decoder_class.advance = advance
 
     def counting(self, name: str, run: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
         """`run`, keeping the rows its last call stepped as rows[name]."""
@@ -199,9 +210,11 @@ def answer_ranks(first: np.ndarray, candidates: np.ndarray, final: np.ndarray, a
     return better + 1 + tied / 2, retrieval_scores(better, tied)
 
 
-def bench_retrieval(num_images: int, num_queries: int, repeats: int, bf16: bool | None = None) -> dict[str, object]:
-    """ms per query of the old scorer and the grouped one, fp32 and (bf16: None = where native) bf16, and
-    how each one's answer ranks and recalls compare with the old one's."""
+def bench_retrieval(num_images: int, num_queries: int, repeats: int, bf16: bool | None = None,
+                    int8: bool | None = None) -> dict[str, object]:
+    """ms per query of the old scorer and the grouped one, fp32, (bf16: None = where native) bf16 and
+    (int8: None = where the CPU has int8 dot products) int8, and how each one's answer ranks and recalls
+    compare with the old one's."""
     data = make_data(num_images, num_queries)
     model = make_decoder(data.vocabulary)
     options = load_section(RetrievalConfig, ROOT / "params.yaml")
@@ -225,6 +238,8 @@ def bench_retrieval(num_images: int, num_queries: int, repeats: int, bf16: bool 
     variants = {"one at a time": one_at_a_time, "grouped fp32": lambda: grouped("fp32")}
     if cpu_has_bf16() if bf16 is None else bf16:
         variants["grouped bf16"] = lambda: grouped("bf16")
+    if cpu_has_int8_dot() if int8 is None else int8:
+        variants["grouped int8"] = lambda: grouped("int8")
     steps = StepCounter(model)
     timings: Timings = time_variants({name: steps.counting(name, run) for name, run in variants.items()}, repeats)
     reference, _ = answer_ranks(first, candidates, timings.results["one at a time"], data.answers)
@@ -247,7 +262,7 @@ def describe(result: dict[str, object]) -> list[str]:
     """Lines for a person: the data, then each variant's time, ratio and rank agreement."""
     lines = [f"{result['queries']} queries x 20 candidates over {result['images']} images ({result['pairs']} pairs; "
              f"the answer among the candidates for {result['candidate recall']:.1f}%)"]
-    for name in ("one at a time", "grouped fp32", "grouped bf16"):
+    for name in VARIANTS:
         if name in result:
             row = result[name]
             ratio = f", old / this {spread(*row['ratio'])}" if "ratio" in row else ""
@@ -268,13 +283,16 @@ def main() -> None:
     parser.add_argument("--bf16", choices=("auto", "always", "never"), default="auto",
                         help="time grouped bf16: where native (auto), even emulated (always: its time says "
                              "nothing, its ranks do), or not")
+    parser.add_argument("--int8", choices=("auto", "always", "never"), default="auto",
+                        help="time grouped int8: where the CPU has int8 dot products (auto), always, or not")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(machine_line(), flush=True)
-    bf16 = {"auto": None, "always": True, "never": False}[args.bf16]
-    for line in describe(bench_retrieval(args.images, args.queries, args.repeats, bf16)):
+    print(f"{machine_line()}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
+    choice = {"auto": None, "always": True, "never": False}
+    result = bench_retrieval(args.images, args.queries, args.repeats, choice[args.bf16], choice[args.int8])
+    for line in describe(result):
         print(line)
 
 

@@ -152,10 +152,11 @@ def scst_rows(images: int, repeats: int) -> tuple[list[str], list[str]]:
 
 
 def retrieval_rows(images: int, repeats: int) -> tuple[list[str], list[str]]:
-    """The grouped likelihood re-ranking against one image at a time (fp32, and bf16 where native), and notes."""
+    """The grouped likelihood re-ranking against one image at a time (fp32, bf16 where native, int8 where the CPU
+    has int8 dot products), and notes."""
     lines, notes = [], []
     retrieval = bench_retrieval(images, 5 * images, repeats)
-    for name in ("grouped fp32", "grouped bf16"):
+    for name in ("grouped fp32", "grouped bf16", "grouped int8"):
         if name in retrieval:
             ours, old = retrieval[name], retrieval["one at a time"]
             lines.append(row(f"retrieval re-ranking, {name}, {retrieval['images']} images x {retrieval['queries']} "

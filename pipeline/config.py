@@ -243,7 +243,7 @@ class RetrievalConfig(Section):
     image_weight: Real = Field(ge=0.0, le=10.0)  # weight of each image's mean log-likelihood of the bank
     bank_size: int = Field(ge=1, le=100_000)  # generated captions in that bank
     batch_size: int = Field(ge=1, le=65536)  # (query, image) pairs scored at once
-    precision: Literal["auto", "fp32", "bf16"]  # of the decoder while scoring; auto: bf16 where native
+    precision: Literal["auto", "fp32", "bf16", "int8"]  # of the decoder while scoring (docs/search.md)
     device: Device
     captions: Path_  # generated captions of the dataset's images, cached by the search command and web page
     metrics: Path_  # Recall@K, median and mean rank, candidate recall, JSON (scores only)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.model import decoder as decoder_module
 from pipeline.model.decoder import caption_loss
 from tests.tiny_models import END, PAD, A, D, E, H, P, V, generate, make_features, make_model, padded
 
@@ -135,6 +136,39 @@ def test_beams_share_their_image_features_and_attend_as_if_each_had_a_copy():
         _, same_alpha, _ = model.advance(same_h, words[:1].expand(images * beams))
     assert not torch.allclose(same_alpha[0], same_alpha[beams])
     torch.testing.assert_close(same_alpha[0], same_alpha[beams - 1])
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 2, 12, 10_000])  # part of an image's rows, whole images, all
+def test_attention_without_a_gradient_in_blocks_equals_the_whole_energy(monkeypatch, rows_per_block):
+    """Decoding computes the (N, K, P, A) energy a block at a time; training's whole tensor is the reference."""
+    images, beams = 4, 5
+    model, state = beam_state(images, beams)
+    hidden = model.hidden_projection(state.h)[:, :A]  # (N*K, A)
+    monkeypatch.setattr(decoder_module, "ENERGY_BLOCK_BYTES", rows_per_block * P * A * 4)
+    with torch.no_grad():
+        context, alpha = model.attention(state.x, state.projected, hidden)
+    with torch.enable_grad():
+        whole_context, whole_alpha = model.attention(state.x, state.projected, hidden.detach().requires_grad_())
+    torch.testing.assert_close(alpha, whole_alpha.detach())
+    torch.testing.assert_close(context, whole_context.detach())
+    # by hand for one row: image 2's third beam
+    row = 2 * beams + 2
+    scores = torch.tanh(state.projected[2] + hidden[row]) @ model.attention.score.weight[0] + model.attention.score.bias
+    torch.testing.assert_close(alpha[row], scores.softmax(0).detach())
+
+
+@per_architecture
+def test_advance_with_the_word_gate_table_equals_advance_without():
+    model, state = beam_state(3, 2)
+    words = torch.tensor([4, 5, 6, 7, 8, 9])
+    with torch.no_grad():
+        table = model.word_gate_table()
+        assert table.shape == (V, 4 * H)
+        log_probs, alpha, after = model.advance(state, words)
+        table_log_probs, table_alpha, table_after = model.advance(state, words, table)
+    torch.testing.assert_close(table_log_probs, log_probs)
+    torch.testing.assert_close(table_alpha, alpha)
+    torch.testing.assert_close(table_after.c, after.c)
 
 
 def test_select_beams_reorders_within_images_and_drops_images():

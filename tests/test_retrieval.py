@@ -121,7 +121,11 @@ class ImageOnlyDecoder(nn.Module):
         zeros = torch.zeros(x.size(0), 1)
         return DecoderState(x, x, zeros, zeros)
 
-    def advance(self, state: DecoderState, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
+    def word_gate_table(self) -> torch.Tensor:
+        return torch.zeros(self.config.vocab_size, 0)  # no word changes anything here
+
+    def advance(self, state: DecoderState, words: torch.Tensor, gate_table: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
         # K caption rows per image row (rows laid out (images, beams)), as DecoderState defines them
         rows = state.x.repeat_interleave(state.beams, dim=0)
         return F.log_softmax(rows[:, 0], dim=1), rows[:, :, 0], state

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.model.decoder import CaptionDecoder
+from pipeline.model.int8 import Int8Linear
 from pipeline.retrieval.likelihood import LikelihoodScorer, image_groups
 from pipeline.text import SPECIAL_TOKENS, Vocabulary
 from tests.tiny_models import PAD, V, make_features, make_model, padded
@@ -100,6 +101,21 @@ def test_bf16_runs_the_decoder_in_bf16_and_stays_close() -> None:
                   .pairs(QUERIES, query_rows, image_rows) for precision in ("fp32", "bf16"))
     assert not np.array_equal(full, half)  # bf16 arithmetic happened
     assert half == pytest.approx(full, abs=0.1)  # 8 bits of mantissa: a few hundredths of a nat per word
+
+
+@BOTH
+def test_int8_scores_with_a_quantised_copy_and_stays_close() -> None:
+    model, features = make_model(seed=10, sharpness=4.0), make_features(4, seed=11)
+    query_rows = np.repeat(np.arange(len(QUERIES)), 4)
+    image_rows = np.tile(np.arange(4), len(QUERIES))
+    scorers = {precision: LikelihoodScorer(model, VOCAB, lambda rows: features[torch.as_tensor(rows)], CPU, 8,
+                                           precision) for precision in ("fp32", "int8")}
+    assert scorers["fp32"].model is model
+    assert any(isinstance(module, Int8Linear) for module in scorers["int8"].model.modules())
+    assert not any(isinstance(module, Int8Linear) for module in model.modules())  # the model itself unchanged
+    full, int8 = (scorer.pairs(QUERIES, query_rows, image_rows) for scorer in scorers.values())
+    assert not np.array_equal(full, int8)  # int8 arithmetic happened
+    assert int8 == pytest.approx(full, abs=0.1)  # inputs rounded to 1/254 of their row's largest: hundredths
 
 
 def test_image_groups_hold_at_most_a_batch_of_pairs() -> None:

@@ -18,6 +18,34 @@ def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch
     assert runtime.resolve_precision("auto", cpu) == "bf16"
 
 
+def test_scoring_auto_is_bf16_where_native_else_int8_where_the_cpu_has_int8_dot_products(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: True)
+    assert runtime.resolve_scoring_precision("auto", cpu) == "int8"
+    assert runtime.resolve_scoring_precision("auto", cuda) == "bf16"
+    assert runtime.resolve_scoring_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: False)
+    assert runtime.resolve_scoring_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    assert runtime.resolve_scoring_precision("auto", cpu) == "bf16"
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    real_path = runtime.Path
+    monkeypatch.setattr(runtime, "Path", lambda name: cpuinfo if name == "/proc/cpuinfo" else real_path(name))
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert runtime.cpu_has_int8_dot() and not runtime.cpu_has_bf16()
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx_vnni amx_bf16\n")
+    assert runtime.cpu_has_int8_dot() and runtime.cpu_has_bf16()
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f\n")
+    assert not runtime.cpu_has_int8_dot() and not runtime.cpu_has_bf16()
+    cpuinfo.unlink()
+    assert not runtime.cpu_has_int8_dot()
+
+
 def test_auto_device_and_a_missing_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert runtime.resolve_device("auto") == torch.device("cpu")

@@ -103,6 +103,9 @@ class DecoderState:
         return self._indexed(images, rows)
 
 
+ENERGY_BLOCK_BYTES = 2 << 20  # of the attention energy computed at a time without a gradient: about an L2 cache
+
+
 class Attention(nn.Module):
     """Additive (Bahdanau) attention of the decoder state over the P image regions."""
 
@@ -119,11 +122,43 @@ class Attention(nn.Module):
         """
         N, P = features.shape[:2]
         K = projected_hidden.size(0) // N if N else 1
-        hidden = projected_hidden.unflatten(0, (N, K)).unsqueeze(2)  # (N, K, 1, A)
-        energy = torch.tanh_(projected_features.unsqueeze(1) + hidden)  # (N, K, P, A)
-        alpha = self.score(energy).squeeze(3).softmax(dim=2)  # (N, K, P)
+        hidden = projected_hidden.unflatten(0, (N, K))  # (N, K, A)
+        if torch.is_grad_enabled() and (projected_hidden.requires_grad or projected_features.requires_grad):
+            energy = torch.tanh_(projected_features.unsqueeze(1) + hidden.unsqueeze(2))  # (N, K, P, A)
+            scores = self.score(energy).squeeze(3)  # (N, K, P)
+        else:
+            scores = self.scores_in_blocks(projected_features, hidden)
+        alpha = scores.softmax(dim=2)  # (N, K, P)
         context = torch.bmm(alpha, features)  # (N, K, E)
         return context.flatten(0, 1), alpha.flatten(0, 1)  # (N*K, E), (N*K, P)
+
+    def scores_in_blocks(self, projected_features: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The attention scores (N, K, P) w . tanh(projected_features + hidden) + b, without a gradient,
+        a block of about ENERGY_BLOCK_BYTES of the (N, K, P, A) energy at a time.
+
+        The same values as the whole-tensor path (to float rounding), in float32 whatever the inputs'
+        dtype (under bf16 autocast a CPU computes tanh in float32 anyway). Decoding and scoring step
+        hundreds of rows at once, whose energy is tens to hundreds of MB: made whole, it is a fresh
+        allocation at every step (the kernel zeroes its pages) that no cache holds, and the step
+        spends more time there than in its matrix products; a block is reused while still in cache.
+        """
+        N, K, A = hidden.shape
+        P = projected_features.size(1)
+        scores = torch.empty(N, K, P, dtype=torch.float32, device=hidden.device)
+        weight = self.score.weight[0].float()  # (A,)
+        row_bytes = P * A * scores.element_size()
+        images = max(1, ENERGY_BLOCK_BYTES // max(1, K * row_bytes))  # whole images to a block when they fit
+        rows = K if images > 1 else max(1, ENERGY_BLOCK_BYTES // row_bytes)  # else part of one image's rows
+        block = torch.empty(min(N, images) * min(K, rows) * P * A, device=hidden.device)  # reused: one allocation
+        for first in range(0, N, images):
+            block_images = slice(first, first + images)
+            for start in range(0, K, rows):
+                block_rows = slice(start, start + rows)
+                projected, query = projected_features[block_images], hidden[block_images, block_rows]
+                energy = block[:query.size(0) * query.size(1) * P * A].view(query.size(0), query.size(1), P, A)
+                torch.add(projected.float().unsqueeze(1), query.float().unsqueeze(2), out=energy)  # (n, k, P, A)
+                torch.matmul(energy.tanh_(), weight, out=scores[block_images, block_rows])
+        return scores.add_(self.score.bias.float())
 
 
 class CaptionDecoder(nn.Module):
@@ -245,10 +280,19 @@ class CaptionDecoder(nn.Module):
 
     # -- decoding: the interface beam search drives ------------------------------------------
 
-    def advance(self, state: DecoderState, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
-        """Feed words (R,): log-probabilities of the next word (R, V) in float32, attention (R, P), new state."""
-        h, c, out, alpha = self.step(state.x, state.projected, self.word_gates(self.embedding(words)),
-                                     state.h, state.c)
+    def word_gate_table(self) -> torch.Tensor:
+        """Every word's embedding part of the LSTM gates (V, 4H): for a caller that feeds many words through
+        `advance` with the same weights, a lookup per step instead of a product (see `advance`)."""
+        return self.word_gates(self.embedding.weight)
+
+    def advance(self, state: DecoderState, words: torch.Tensor, gate_table: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
+        """Feed words (R,): log-probabilities of the next word (R, V) in float32, attention (R, P), new state.
+
+        gate_table: `word_gate_table()` of the current weights, if the caller keeps one (the same values
+        to float rounding)."""
+        word_gates = self.word_gates(self.embedding(words)) if gate_table is None else gate_table[words]
+        h, c, out, alpha = self.step(state.x, state.projected, word_gates, state.h, state.c)
         log_probs = F.log_softmax(self.read_out(out).float(), dim=1)  # (R, V)
         return log_probs, alpha, dataclasses.replace(state, h=h, c=c)
 

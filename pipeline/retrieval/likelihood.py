@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from pipeline.errors import InputError
 from pipeline.model.decoder import CaptionDecoder, DecoderState
+from pipeline.model.int8 import quantised
 from pipeline.text import Vocabulary, normalise, tokenize
 
 MAX_IMAGES = 256  # images whose features are held at once: (G, P, E) float32, 100 MB at seed sizes
@@ -99,15 +100,16 @@ def _layout(unique: torch.Tensor, vocab_size: int, beams: int, pad: int
     return selected, fed, placed, kept, len(kept)
 
 
-def teacher_forced(model: CaptionDecoder, state: DecoderState, images: torch.Tensor, tokens: torch.Tensor
-                   ) -> torch.Tensor:
+def teacher_forced(model: CaptionDecoder, state: DecoderState, images: torch.Tensor, tokens: torch.Tensor,
+                   gate_table: torch.Tensor | None = None) -> torch.Tensor:
     """Summed log-probabilities (B,) of tokens[:, 1:] (words and END; PAD ignored), float64.
 
     state: from `model.start` (one caption row per image); images (B,) each sequence's image row in
     it; tokens (B, T) = [START, w1..wn, END, PAD...]. Every step advances the distinct (image,
     prefix) states of all the images at once, as one batch laid out (images, K): sequences that
     start with the same words on the same image share those steps, and the images' features are
-    shared by their rows, never copied per row.
+    shared by their rows, never copied per row. gate_table: the model's `word_gate_table()`, if the
+    caller keeps one.
     """
     pad, vocab_size = model.config.pad_index, model.config.vocab_size
     total = torch.zeros(tokens.size(0), dtype=torch.float64, device=tokens.device)  # (B,)
@@ -123,7 +125,7 @@ def teacher_forced(model: CaptionDecoder, state: DecoderState, images: torch.Ten
         unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)  # (U,), (L,)
         rows, words, placed, kept, count = _layout(unique, vocab_size, beams, pad)
         state = state.select_beams(rows, None if count * beams == state.h.size(0) else kept)  # all images kept: shared
-        log_probs, _, state = model.advance(state, words)  # (N'K, V)
+        log_probs, _, state = model.advance(state, words, gate_table)  # (N'K, V)
         beams = len(rows) // count
         node[live] = placed[inverse]  # finished sequences keep stale rows: they are never live again
         total[live] += log_probs[node[live], target[live]].double()
@@ -151,14 +153,26 @@ class LikelihoodScorer:
     each image's features are read, standardised and projected once, and all the pairs of a group
     advance together, one decoder step for all of them (an image with more pairs than `batch_size`
     is a group of its own, its pairs scored `batch_size` at a time from the one projection). With
-    `precision` bf16, the decoder runs under bf16 autocast (log-probabilities stay float32; see
-    docs/search.md for what it changes). With `progress`, a progress bar of that name over the pairs.
+    `precision` bf16, the decoder runs under bf16 autocast; with int8, a copy of it with int8 products
+    (`pipeline.model.int8`); log-probabilities stay float32 (docs/search.md says what each changes).
+    With `progress`, a progress bar of that name over the pairs.
+    The model's weights are read as they are at the first scoring: every word's part of the LSTM
+    gates is computed then, once, for all the scorer's steps (`CaptionDecoder.word_gate_table`).
     """
 
     def __init__(self, model: CaptionDecoder, vocabulary: Vocabulary, features_of: FeaturesOf,
                  device: torch.device, batch_size: int, precision: str = "fp32", progress: str | None = None) -> None:
-        self.model, self.vocabulary, self.features_of = model, vocabulary, features_of
+        self.model = quantised(model) if precision == "int8" else model
+        self.vocabulary, self.features_of = vocabulary, features_of
         self.device, self.batch_size, self.precision, self.progress = device, batch_size, precision, progress
+        self._gate_table: torch.Tensor | None = None
+
+    def gate_table(self) -> torch.Tensor:
+        """The model's `word_gate_table()` (V, 4H), in the scorer's precision, computed at the first call."""
+        if self._gate_table is None:
+            with evaluating(self.model), self._autocast():
+                self._gate_table = self.model.word_gate_table()
+        return self._gate_table
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast for `precision` bf16, else a context that changes nothing."""
@@ -176,7 +190,7 @@ class LikelihoodScorer:
             length = int((tokens[block] != self.vocabulary.pad).sum(dim=1).max())
             with self._autocast():
                 scores[block] = teacher_forced(self.model, state, torch.as_tensor(images[block], device=self.device),
-                                               tokens[block, :length].to(self.device)).cpu().numpy()
+                                               tokens[block, :length].to(self.device), self.gate_table()).cpu().numpy()
             bar.update(len(scores[block]))
         return scores
 

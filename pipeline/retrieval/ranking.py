@@ -25,7 +25,7 @@ from pipeline.retrieval.likelihood import (
     image_prior,
 )
 from pipeline.retrieval.text_index import CaptionIndex, top_candidates
-from pipeline.runtime import resolve_precision
+from pipeline.runtime import resolve_scoring_precision
 from pipeline.text import Vocabulary
 
 MEAN_CHUNK = 256  # images read at a time when averaging a gallery's features
@@ -45,7 +45,7 @@ class RankingOptions:
     image_weight: float  # weight of the image prior (mean log-likelihood of the caption bank)
     bank_size: int  # captions in the bank
     batch_size: int  # (query, image) pairs scored at once
-    precision: Literal["auto", "fp32", "bf16"]  # of the decoder while scoring; auto: bf16 where native
+    precision: Literal["auto", "fp32", "bf16", "int8"]  # of the decoder while scoring (`resolve_scoring_precision`)
 
     @classmethod
     def from_config(cls, config: RetrievalConfig) -> RankingOptions:
@@ -97,7 +97,7 @@ class Searcher:
                  options: RankingOptions, progress: str | None = None) -> None:
         self.gallery, self.options = gallery, options
         self.scorer = LikelihoodScorer(model, vocabulary, gallery.features_of, device, options.batch_size,
-                                       resolve_precision(options.precision, device), progress)
+                                       resolve_scoring_precision(options.precision, device), progress)
         self.index = CaptionIndex(gallery.captions)
         self.bank = caption_bank(gallery.captions, options.bank_size) if options.image_weight else []
         self._context: torch.Tensor | None = None

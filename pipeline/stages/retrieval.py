@@ -43,7 +43,7 @@ from pipeline.model.checkpoint import check_features, load_checkpoint
 from pipeline.model.decoder import CaptionDecoder
 from pipeline.retrieval.metrics import rank_counts, rerank, retrieval_scores
 from pipeline.retrieval.ranking import Gallery, RankingOptions, Searcher
-from pipeline.runtime import resolve_device, resolve_precision
+from pipeline.runtime import resolve_device, resolve_scoring_precision
 from pipeline.text import Vocabulary, normalise
 
 
@@ -115,8 +115,9 @@ def main() -> None:
     shown = "; ".join(f"{stage} R@1 {metrics[stage]['r1']:.1f} R@5 {metrics[stage]['r5']:.1f} "
                       f"R@10 {metrics[stage]['r10']:.1f} median rank {metrics[stage]['median_rank']:g} "
                       f"({ms_per_query[stage]:.3g} ms/query)" for stage in ("first_stage", "reranked"))
+    precision = resolve_scoring_precision(options.precision, device)
     print(f"retrieval: {len(which)} queries ({len(distinct)} distinct) over {len(names)} {evaluate_config.split} "
-          f"images: {shown}; decoder {resolve_precision(options.precision, device)}, {captioning_seconds:.1f} s to "
+          f"images: {shown}; decoder {precision}, {captioning_seconds:.1f} s to "
           f"caption the images -> {config.metrics}")
 
 
