@@ -24,24 +24,23 @@ Reported: ms per query each way, the ratio, and how the answers' ranks agree (sa
 many queries, Recall@1/5/10 and median rank of each).
 
 OpenMP's wait policy matters here: the scorer's step is many operations of a few hundred
-microseconds, and with OMP_WAIT_POLICY=PASSIVE (what this module and benchmarks.run set unless the
-environment says otherwise, for shared machines) each one wakes a sleeping thread. The retrieval
-stage runs with OpenMP's default (threads spin a while before sleeping); to time it as it runs on an
-idle machine, set OMP_WAIT_POLICY=ACTIVE. The policy is printed with the machine.
+microseconds, and with OMP_WAIT_POLICY=PASSIVE (what benchmarks.run sets for its other sections,
+for shared machines) each one wakes a sleeping thread. This module leaves the policy to the
+environment, and benchmarks.run runs it in a child process with OpenMP's default (threads spin a
+while before sleeping), as the retrieval stage runs. The policy is printed with the machine.
 
 Run alone: python -m benchmarks.retrieval_bench [--images 1000] [--queries 5000] [--repeats 1] [--threads 2]
-[--bf16 auto|always|never] [--int8 auto|always|never]
+[--bf16 auto|always|never] [--int8 auto|always|never] [--batch-size N] [--json PATH]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as benchmarks.run: read when torch loads OpenMP
 
 import numpy as np
 import torch
@@ -211,10 +210,10 @@ def answer_ranks(first: np.ndarray, candidates: np.ndarray, final: np.ndarray, a
 
 
 def bench_retrieval(num_images: int, num_queries: int, repeats: int, bf16: bool | None = None,
-                    int8: bool | None = None) -> dict[str, object]:
+                    int8: bool | None = None, batch_size: int | None = None) -> dict[str, object]:
     """ms per query of the old scorer and the grouped one, fp32, (bf16: None = where native) bf16 and
     (int8: None = where the CPU has int8 dot products) int8, and how each one's answer ranks and recalls
-    compare with the old one's."""
+    compare with the old one's. batch_size: the grouped scorer's pairs at once (None: params.yaml's)."""
     data = make_data(num_images, num_queries)
     model = make_decoder(data.vocabulary)
     options = load_section(RetrievalConfig, ROOT / "params.yaml")
@@ -232,7 +231,7 @@ def bench_retrieval(num_images: int, num_queries: int, repeats: int, bf16: bool 
         return corrected(raw, baseline_given(model, tokens, context))
 
     def grouped(precision: str) -> np.ndarray:
-        scorer = LikelihoodScorer(model, data.vocabulary, features_of, CPU, options.batch_size, precision)
+        scorer = LikelihoodScorer(model, data.vocabulary, features_of, CPU, batch_size or options.batch_size, precision)
         return corrected(scorer.matrix(tokens, candidates), scorer.given(tokens, context))
 
     variants = {"one at a time": one_at_a_time, "grouped fp32": lambda: grouped("fp32")}
@@ -285,15 +284,21 @@ def main() -> None:
                              "nothing, its ranks do), or not")
     parser.add_argument("--int8", choices=("auto", "always", "never"), default="auto",
                         help="time grouped int8: where the CPU has int8 dot products (auto), always, or not")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="(query, image) pairs the grouped scorer steps at once (default: params.yaml's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{machine_line()}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
+    print(f"{machine_line()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(OpenMP default)')}", flush=True)
     choice = {"auto": None, "always": True, "never": False}
-    result = bench_retrieval(args.images, args.queries, args.repeats, choice[args.bf16], choice[args.int8])
+    result = bench_retrieval(args.images, args.queries, args.repeats, choice[args.bf16], choice[args.int8],
+                             args.batch_size)
     for line in describe(result):
         print(line)
+    if args.json:
+        args.json.write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

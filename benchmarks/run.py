@@ -28,16 +28,25 @@ Targets from the speed issue; benchmarks/README.md records results and docs/spee
 OpenMP threads that wait for each other sleep here (OMP_WAIT_POLICY=PASSIVE, unless the environment
 sets it): on a machine shared with other jobs, spinning threads wait for a core that another job
 holds and a training step takes 5x longer (measured: 11 s instead of 2.3 s); on an idle machine
-it costs little. Set OMP_WAIT_POLICY=ACTIVE to measure with spinning.
+it costs little. Set OMP_WAIT_POLICY=ACTIVE to measure with spinning. The retrieval section runs in
+a child process with OpenMP's default policy instead (unless the environment sets one), as the
+retrieval stage runs: its scorer steps through many operations of a few hundred microseconds, and
+waking a sleeping thread for each one costs it 30-150% (benchmarks/retrieval_bench.py).
 """
 from __future__ import annotations
 
 import os
 
+WAIT_POLICY_GIVEN = os.environ.get("OMP_WAIT_POLICY")  # the environment's, if any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP, so before importing it
 
 import argparse
+import json
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,7 +56,6 @@ from benchmarks.common import machine_line, spread
 from benchmarks.features_bench import bench_features
 from benchmarks.prepare_bench import bench_prepare
 from benchmarks.read_bench import bench_read
-from benchmarks.retrieval_bench import bench_retrieval
 from benchmarks.scst_bench import bench_scst
 from benchmarks.training_bench import bench_training
 from benchmarks.tutorial import check_same_maths
@@ -151,11 +159,27 @@ def scst_rows(images: int, repeats: int) -> tuple[list[str], list[str]]:
     return lines, notes
 
 
+def retrieval_in_child(images: int, repeats: int) -> dict:
+    """benchmarks.retrieval_bench's result, run in a child process under the environment's OpenMP wait policy or
+    else OpenMP's default (the retrieval stage's), with this process's thread count."""
+    environment = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
+    if WAIT_POLICY_GIVEN:
+        environment["OMP_WAIT_POLICY"] = WAIT_POLICY_GIVEN
+    with tempfile.TemporaryDirectory() as folder:
+        result = Path(folder) / "retrieval.json"
+        command = [sys.executable, "-m", "benchmarks.retrieval_bench", "--images", str(images), "--queries",
+                   str(5 * images), "--repeats", str(repeats), "--threads", str(torch.get_num_threads()),
+                   "--json", str(result)]
+        subprocess.run(command, env=environment, cwd=Path(__file__).resolve().parents[1], check=True,
+                       stdout=subprocess.DEVNULL)
+        return json.loads(result.read_text())
+
+
 def retrieval_rows(images: int, repeats: int) -> tuple[list[str], list[str]]:
     """The grouped likelihood re-ranking against one image at a time (fp32, bf16 where native, int8 where the CPU
     has int8 dot products), and notes."""
     lines, notes = [], []
-    retrieval = bench_retrieval(images, 5 * images, repeats)
+    retrieval = retrieval_in_child(images, repeats)
     for name in ("grouped fp32", "grouped bf16", "grouped int8"):
         if name in retrieval:
             ours, old = retrieval[name], retrieval["one at a time"]
