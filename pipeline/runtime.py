@@ -18,23 +18,24 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bf16 runs faster."""
+def cpu_has(*flags: str) -> bool:
+    """Whether /proc/cpuinfo lists any of these CPU flags (False where it cannot be read)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        listed = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    return not listed.isdisjoint(flags)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bf16 runs faster."""
+    return cpu_has("avx512_bf16", "amx_bf16")
 
 
 def cpu_has_int8_dot() -> bool:
     """Whether this CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI), where int8 products
     run several times faster than float32 ones (`pipeline.model.int8`)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_vnni" in flags or " avx_vnni" in flags
+    return cpu_has("avx512_vnni", "avx_vnni")
 
 
 def resolve_scoring_precision(precision: str, device: "torch.device") -> str:
