@@ -61,7 +61,7 @@ def time_variants(variants: dict[str, Callable[[], object]], repeats: int) -> Ti
 
 
 def cpu_model() -> str:
-    """The CPU's model name and whether it multiplies bf16 natively (AVX512-BF16, AMX)."""
+    """The CPU's model name, whether it multiplies bf16 natively (AVX512-BF16, AMX) and has int8 dot products."""
     name, flags = platform.processor() or platform.machine(), ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -71,8 +71,11 @@ def cpu_model() -> str:
                 flags = line
     except OSError:
         pass
-    native = [flag for flag in ("avx512_bf16", "amx_bf16") if f" {flag}" in flags]
-    return f"{name}, {os.cpu_count()} cores, bf16: {', '.join(native) or 'no native support'}"
+    listed = set(flags.split())
+    native = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in listed]
+    int8 = [flag for flag in ("avx512_vnni", "avx_vnni") if flag in listed]
+    return (f"{name}, {os.cpu_count()} cores, bf16: {', '.join(native) or 'no native support'}, "
+            f"int8 dot products: {', '.join(int8) or 'none'}")
 
 
 def machine_line() -> str:
