@@ -12,9 +12,14 @@ lines `NAME#k<TAB>caption` per image), using every core.
 - Captions: word counts from a gamma distribution (mean ~12, 95th percentile ~22, at least 3), words
   drawn from a fixed list of 20,000 pseudo-words with Zipf frequencies (rank^-1.3), so that ~18,000
   distinct words occur and ~7,000 of them 5 times or more, as in Flickr30k.
+- One thing in each picture is named: a large shape of one of 8 named colours and 3 kinds, drawn on top
+  of the others (its subject), and every caption of the picture says it ("purple triangle") at a random
+  place among the Zipf words.
 
-The content means nothing: it exists to give every stage real work of the real size (decoding and
-resizing 500 px JPEGs, a 20,000-word vocabulary, captions of realistic lengths).
+It exists to give every stage real work of the real size (decoding and resizing 500 px JPEGs, a
+20,000-word vocabulary, captions of realistic lengths). The subject is the only thing a model can
+learn from the picture: enough for validation CIDEr to mean something in training and in
+self-critical fine-tuning (docs/scst.md), while the rest of each caption is noise no model can predict.
 """
 from __future__ import annotations
 
@@ -37,6 +42,10 @@ SIZES = [(500, 375)] * 10 + [(500, 333)] * 5 + [(375, 500)] * 4 + [(333, 500)] *
 GRAIN = 20  # uniform noise of +-GRAIN levels: sensor grain, and JPEGs of Flickr's file sizes
 FIRST_NAME = 1_000_092_795  # Flickr30k's names are Flickr photo ids
 CONSONANTS, VOWELS = "bcdfghklmnprstvwz", "aeiouy"
+SUBJECT_COLOURS = {"red": (200, 30, 30), "green": (40, 150, 40), "blue": (30, 60, 200), "yellow": (235, 215, 40),
+                   "orange": (240, 130, 20), "purple": (130, 40, 160), "pink": (245, 150, 190), "brown": (120, 70, 30)}
+SUBJECT_KINDS = ("circle", "square", "triangle")
+SUBJECT_JITTER = 15  # levels each channel of a subject's colour may stray from its name's
 COMMON = ["a", "the", "of", "in", "on", "and", "with", "is", "are", "two", "man", "woman", "people", "dog", "his",
           "her", "at", "while", "to", "an", "shirt", "boy", "girl", "young", "group", "standing", "street", "blue",
           "red", "white", "black", "front"]
@@ -49,20 +58,29 @@ def words(count: int = VOCABULARY) -> list[str]:
     return (COMMON + [word for word in made if word not in COMMON])[:count]
 
 
+def subject(index: int, seed: int) -> tuple[str, str]:
+    """The colour and kind of the shape picture `index` shows on top, which all its captions name."""
+    rng = np.random.default_rng([seed, index, 1])
+    return list(SUBJECT_COLOURS)[rng.integers(len(SUBJECT_COLOURS))], SUBJECT_KINDS[rng.integers(len(SUBJECT_KINDS))]
+
+
 def captions(num_images: int, seed: int) -> list[str]:
-    """The token file's lines, CAPTIONS_PER_IMAGE per image."""
+    """The token file's lines, CAPTIONS_PER_IMAGE per image: Zipf words with the subject's two words
+    at a random place (counted in the caption's length)."""
     rng = np.random.default_rng(seed)
     vocabulary = np.array(words())
     ranks = np.arange(1, len(vocabulary) + 1, dtype=np.float64)
     probabilities = ranks ** -ZIPF_EXPONENT / (ranks ** -ZIPF_EXPONENT).sum()
     count = num_images * CAPTIONS_PER_IMAGE
-    lengths = np.maximum(MIN_WORDS, np.rint(rng.gamma(LENGTH_SHAPE, LENGTH_SCALE, count))).astype(int)
+    lengths = np.maximum(MIN_WORDS, np.rint(rng.gamma(LENGTH_SHAPE, LENGTH_SCALE, count))).astype(int) - 2
     drawn = vocabulary[rng.choice(len(vocabulary), size=int(lengths.sum()), p=probabilities)]
     bounds = np.concatenate([[0], np.cumsum(lengths)])
+    places = rng.integers(0, lengths + 1)  # where the subject goes among each caption's Zipf words
     lines = []
     for i in range(count):
         image, k = divmod(i, CAPTIONS_PER_IMAGE)
-        text = " ".join(drawn[bounds[i]:bounds[i + 1]])
+        filler = list(drawn[bounds[i]:bounds[i + 1]])
+        text = " ".join(filler[:places[i]] + list(subject(image, seed)) + filler[places[i]:])
         lines.append(f"{FIRST_NAME + image}.jpg#{k}\t{text.capitalize()} .")
     return lines
 
@@ -89,6 +107,18 @@ def draw_image(index: int, seed: int) -> Image.Image:
             draw.rectangle((x0, y0, x1, y1), fill=colour)
         else:
             draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=colour)
+    colour, kind = subject(index, seed)  # on top, large: what every caption names
+    size = rng.integers(min(w, h) // 3, min(w, h) // 2 + 1)
+    x0, y0 = rng.integers(0, w - size), rng.integers(0, h - size)
+    fill = tuple(int(np.clip(v + rng.integers(-SUBJECT_JITTER, SUBJECT_JITTER + 1), 0, 255))
+                 for v in SUBJECT_COLOURS[colour])
+    box = (x0, y0, x0 + size, y0 + size)
+    if kind == "circle":
+        draw.ellipse(box, fill=fill)
+    elif kind == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(x0, y0 + size), (x0 + size, y0 + size), (x0 + size // 2, y0)], fill=fill)
     image = image.resize((width, height), Image.BILINEAR)
     grain = rng.integers(-GRAIN, GRAIN + 1, (height, width, 3), dtype=np.int16)  # (H, W, 3)
     return Image.fromarray(np.clip(np.asarray(image, dtype=np.int16) + grain, 0, 255).astype(np.uint8))

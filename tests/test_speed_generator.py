@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.flickr30k_like import SIZES, captions, generate, words
+from benchmarks.flickr30k_like import SIZES, SUBJECT_COLOURS, captions, draw_image, generate, subject, words
 from pipeline.config import DatasetConfig
 from pipeline.stages.prepare import prepare
 
@@ -43,3 +43,17 @@ def test_captions_have_flickr30k_lengths_and_vocabulary() -> None:
     counts = Counter(word.lower() for line in lines for word in line.split("\t")[1].split()[:-1])
     top = [word for word, _ in counts.most_common(3)]
     assert top == ["a", "the", "of"]  # Zipf: the most frequent ranks dominate
+
+
+def test_every_caption_names_the_shape_drawn_on_top() -> None:
+    lines = captions(40, seed=3)
+    subjects = [subject(i, 3) for i in range(40)]
+    assert len(set(subjects)) > 8  # the subjects vary between pictures
+    for i, line in enumerate(lines):
+        colour, kind = subjects[i // 5]
+        assert f" {colour} {kind} " in f" {line.split(chr(9))[1].lower()} "
+    for index in range(6):  # the subject's colour covers a good share of the picture
+        colour, _ = subject(index, 3)
+        pixels = np.asarray(draw_image(index, 3), dtype=np.int16)
+        near = (np.abs(pixels - np.array(SUBJECT_COLOURS[colour])) <= 45).all(axis=2)
+        assert near.mean() > 0.03, (index, colour, near.mean())
