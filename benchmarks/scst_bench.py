@@ -8,7 +8,8 @@ D=300) with END's output bias set so that sampled captions have about 13 tokens,
 - cross-entropy: `pipeline.training.loop.run_epoch` over the images' 5 captions each;
 - self-critical: `pipeline.training.scst.run_scst_epoch` over the same images, 5 samples each, the
   greedy baseline (one more greedy decode per image), CIDEr-D rewards with END.
-Both at fp32 and at `amp: auto`. Reported: images/s and tokens/s (cross-entropy: real target
+Both at fp32 and at `amp: auto`, with params.yaml's batch sizes (64 captions a cross-entropy step, 10 images
+a self-critical one). Reported: images/s and tokens/s (cross-entropy: real target
 tokens; self-critical: the sampled tokens the policy gradient runs through).
 
 Run alone: python -m benchmarks.scst_bench
@@ -54,21 +55,21 @@ def decoder(vocab_size: int) -> torch.nn.Module:
     return model
 
 
-def compare(data: TrainingData, rewards: Rewards, amp: str, repeats: int, batch_size: int) -> dict:
+def compare(data: TrainingData, rewards: Rewards, amp: str, repeats: int, xe_batch: int, scst_batch: int) -> dict:
     """Cross-entropy and self-critical epochs over the same images at precision `amp`, timed in turn."""
     model, captions, images = decoder(VOCAB), data.train_set, len(rewards.names)
-    config = train_config(batch_size, amp)
+    config = train_config(xe_batch, amp)
     optimizer, _, scaler = make_optimisers(model, 5e-5, 0.0, 10, 1.0, CPU, amp)
-    settings = ScstSettings(SAMPLES, "greedy", batch_size, 5.0, amp, 0.0)
+    settings = ScstSettings(SAMPLES, "greedy", scst_batch, 5.0, amp, 0.0, 0.0)
     banned = (PAD, START, data.vocabulary.unk)
     sampled: list[float] = []
 
     def cross_entropy() -> None:
-        batches = bucket_batches(captions.lengths, batch_size, torch.Generator().manual_seed(0))
+        batches = bucket_batches(captions.lengths, xe_batch, torch.Generator().manual_seed(0))
         run_epoch(model, data.features, captions, batches, config, CPU, optimizer, scaler)
 
     def self_critical() -> None:
-        batches = image_batches(images, batch_size, torch.Generator().manual_seed(0))
+        batches = image_batches(images, scst_batch, torch.Generator().manual_seed(0))
         stats = run_scst_epoch(model, data, rewards, batches, settings, optimizer, scaler, Processes(0, 1, CPU), banned)
         sampled.append(stats["sampled_tokens_per_s"])
 
@@ -80,8 +81,9 @@ def compare(data: TrainingData, rewards: Rewards, amp: str, repeats: int, batch_
             "ratio": timings.ratio("self-critical", "cross-entropy")}
 
 
-def bench_scst(num_images: int, repeats: int, batch_size: int = 32) -> list[dict]:
-    """`compare` at fp32 and at amp auto, on a synthetic cache and random references."""
+def bench_scst(num_images: int, repeats: int, xe_batch: int = 64, scst_batch: int = 10) -> list[dict]:
+    """`compare` at fp32 and at amp auto, on a synthetic cache and random references; the batch sizes are
+    params.yaml's (train.batch_size captions, scst.batch_size images a step)."""
     vocabulary = Vocabulary(tuple(SPECIAL_TOKENS) + tuple(f"w{i}" for i in range(VOCAB - len(SPECIAL_TOKENS))))
     assert (vocabulary.start, vocabulary.end, vocabulary.pad) == (START, END, PAD)
     with tempfile.TemporaryDirectory() as folder:
@@ -97,7 +99,7 @@ def bench_scst(num_images: int, repeats: int, batch_size: int = 32) -> list[dict
         data = TrainingData(vocabulary, store, FeatureMatrix(store, names, CPU, announce=False), captions, captions,
                             references, references, 0)
         rewards = Rewards(references, vocabulary)
-        return [compare(data, rewards, amp, repeats, batch_size) for amp in ("fp32", "auto")]
+        return [compare(data, rewards, amp, repeats, xe_batch, scst_batch) for amp in ("fp32", "auto")]
 
 
 def main() -> None:

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 
 from pipeline.evaluation.cider import CiderD
 from pipeline.model.beam_search import SearchOptions, beam_search
+from pipeline.model.decoder import coverage_penalty
 from pipeline.runtime import Processes
 from pipeline.text import Vocabulary
 from pipeline.training.loop import update
 from pipeline.training.scst import Rewards, baseline_rewards, policy_loss, sample
 from tests.conftest import run_stages, write_params
-from tests.tiny_models import END, PAD, START, UNK, V, make_features, make_model
+from tests.tiny_models import END, PAD, START, UNK, P, V, make_features, make_model
 
 BANNED = (PAD, START, UNK)
 SPECIAL = {"start": START, "end": END, "pad": PAD}
@@ -104,6 +105,42 @@ def test_the_mixed_objective_adds_the_cross_entropy_of_one_reference_per_image(o
     assert seen == {1, 2}
 
 
+def test_samples_carry_the_attention_of_each_step_and_the_penalty_can_shape_it(one_thread) -> None:
+    """alphas are the decoder's attention at the sampled steps (the teacher-forced pass agrees), with a
+    gradient: the coverage penalty on them, followed alone, brings each region's summed attention to 1
+    (captions of P steps, so that the penalty's least value is 0)."""
+    model, features = make_model(end_bias=-1e4), make_features(2)  # every caption runs to the limit: P steps
+    torch.manual_seed(0)
+    found = sample(model, features, 3, P, BANNED, **SPECIAL)
+    assert found.alphas.shape == (6, P, P) and found.alphas.requires_grad
+    captions = torch.cat([torch.full((6, 1), START), found.tokens[:, :P]], dim=1)  # START and the P words
+    _, alphas = model(features.repeat_interleave(3, 0), captions)  # (R, P, P)
+    torch.testing.assert_close(found.alphas, alphas, rtol=1e-5, atol=1e-6)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    steps = found.mask[:, :P]
+
+    def penalty() -> torch.Tensor:
+        torch.manual_seed(1)
+        return coverage_penalty(sample(model, features, 3, P, BANNED, **SPECIAL).alphas, steps)
+
+    before = float(penalty().detach())
+    for _ in range(40):
+        optimizer.zero_grad()
+        penalty().backward()
+        optimizer.step()
+    after = float(penalty().detach())
+    assert after < 0.2 * before, (before, after)
+
+
+def test_the_coverage_penalty_counts_only_the_captions_steps() -> None:
+    alphas = torch.tensor([[[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]]])  # 1 caption, 3 steps, 2 regions
+    # steps 1-2 count: coverage (1.5, 0.5) -> ((1 - 1.5)^2 + (1 - 0.5)^2) / 2 = 0.25
+    assert float(coverage_penalty(alphas, torch.tensor([[True, True, False]]))) == pytest.approx(0.25)
+    # all 3: coverage (1.5, 1.5) -> 0.25; none: coverage 0 -> 1
+    assert float(coverage_penalty(alphas, torch.ones(1, 3, dtype=torch.bool))) == pytest.approx(0.25)
+    assert float(coverage_penalty(alphas, torch.zeros(1, 3, dtype=torch.bool))) == pytest.approx(1.0)
+
+
 def test_the_mean_baseline_leaves_each_sample_out_and_the_greedy_one_is_per_image() -> None:
     rewards = np.array([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])  # two images, three samples each
     np.testing.assert_allclose(baseline_rewards(rewards, 3, None), [4.0, 3.5, 1.5, 1.5, 1.5, 0.0])
@@ -168,7 +205,8 @@ def test_scst_fine_tunes_keeps_the_best_epoch_and_evaluate_reports_both_models(
     from pipeline.model.checkpoint import load_checkpoint
     from pipeline.stages import evaluate, scst
 
-    write_params(project, {"scst": {"epochs": 2, "batch_size": 4, "lr": 0.001, "xe_weight": 0.5, **scst_paths("on")}},
+    write_params(project, {"scst": {"epochs": 2, "batch_size": 4, "lr": 0.001, "xe_weight": 0.5,
+                                    "attention_penalty": 0.1, **scst_paths("on")}},
                  tiny=True)
     run_stages(project, scst)
     out = capsys.readouterr().out
@@ -180,12 +218,18 @@ def test_scst_fine_tunes_keeps_the_best_epoch_and_evaluate_reports_both_models(
     plots = project / "runs/on/metrics/plots/metrics"
     assert len((plots / "val/cider.tsv").read_text().splitlines()) == 1 + 3  # header, epochs 0, 1, 2
 
-    write_params(project, {"scst": {"epochs": 2, "batch_size": 4, "lr": 0.001, "xe_weight": 0.5, **scst_paths("on")},
+    write_params(project, {"scst": {"epochs": 2, "batch_size": 4, "lr": 0.001, "xe_weight": 0.5,
+                                    "attention_penalty": 0.1, **scst_paths("on")},
                            "evaluate": {"out_dir": "runs/eval", "metrics": "runs/eval.json"}}, tiny=True)
     run_stages(project, evaluate)
     metrics = json.loads((project / "runs/eval.json").read_text())
+    predictions = json.loads((project / "runs/eval/predictions.json").read_text())
     if (project / "runs/on/best.pt").read_bytes() != (project / "data/train/best.pt").read_bytes():
         assert {"cider", "bleu4", "repeated_word_fraction", "dangling_end_fraction"} <= set(metrics["cross_entropy"])
+        before = [p["cross_entropy"] for p in predictions]  # the cross-entropy model's caption beside the final one
+        assert all(before) and metrics["cross_entropy"]["distinct_captions"] == len(set(before))
+    else:
+        assert not any("cross_entropy" in p for p in predictions)
     assert metrics["checkpoint_epoch"] == payload["epoch"]
 
 

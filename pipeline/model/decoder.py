@@ -306,7 +306,12 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, alphas: torch.Tens
     """
     cross_entropy = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                                     ignore_index=pad_index)
-    mask = (targets != pad_index).unsqueeze(2).to(alphas.dtype)  # (B, T, 1)
-    coverage = (alphas * mask).sum(dim=1)  # (B, P)
-    penalty = ((1.0 - coverage) ** 2).mean()
-    return cross_entropy + attention_penalty * penalty, cross_entropy
+    return cross_entropy + attention_penalty * coverage_penalty(alphas, targets != pad_index), cross_entropy
+
+
+def coverage_penalty(alphas: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """The doubly stochastic attention penalty (Xu et al. 2015): the mean over captions and regions of
+    (1 - the region's attention summed over the caption's steps)^2. alphas (B, T, P), steps (B, T) True
+    on the caption's real steps."""
+    coverage = (alphas * steps.unsqueeze(2).to(alphas.dtype)).sum(dim=1)  # (B, P)
+    return ((1.0 - coverage) ** 2).mean()

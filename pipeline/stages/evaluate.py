@@ -101,12 +101,14 @@ def object_boxes(config: EvaluateConfig, names: list[str], images: Path) -> Boxe
 
 
 def write_outputs(config: EvaluateConfig, images: Path, references: dict[str, list[str]], beam: Decoded,
-                  greedy: Decoded, metrics: dict) -> None:
-    """Predictions, attention figures and scores, replacing the old ones together."""
+                  greedy: Decoded, metrics: dict, cross_entropy: Decoded | None = None) -> None:
+    """Predictions (with the cross-entropy model's caption beside the final one's when self-critical
+    training changed the model), attention figures and scores, replacing the old ones together."""
     names = sorted(references)
     hypotheses = {n: beam[n].text for n in names}
-    predictions = [{"image": n, "caption": hypotheses[n], "greedy": greedy[n].text, "references": references[n]}
-                   for n in names]
+    predictions = [{"image": n, "caption": hypotheses[n], "greedy": greedy[n].text,
+                    **({"cross_entropy": cross_entropy[n].text} if cross_entropy else {}),
+                    "references": references[n]} for n in names]
     with atomic_paths((config.out_dir, "evaluate.out_dir"), (config.metrics, "evaluate.metrics")) as (tmp, scores):
         (tmp / "attention").mkdir(parents=True)
         write_json(tmp / "predictions.json", predictions)
@@ -140,13 +142,14 @@ def main() -> None:
     metrics, beam, greedy = score(model, vocabulary, features, references, config,
                                   training_captions, boxes)
     metrics.update(images=len(names), beam_size=config.beam_size, checkpoint_epoch=int(payload.get("epoch", 0)))
+    before_beam = None
     if file_sha256(Path(scst.checkpoint)) != file_sha256(Path(train.checkpoint)):  # self-critical training ran
         before, before_vocabulary, before_payload = load_checkpoint(train.checkpoint, device)
         check_features(before, before_payload["encoder"], store.path, store.attrs, store.feature_dim)
-        metrics["cross_entropy"] = score(before, before_vocabulary, features,
-                                         references, config, training_captions, boxes)[0]
+        metrics["cross_entropy"], before_beam, _ = score(before, before_vocabulary, features,
+                                                         references, config, training_captions, boxes)
         metrics["cross_entropy"]["checkpoint_epoch"] = int(before_payload.get("epoch", 0))
-    write_outputs(config, Path(dataset.images), references, beam, greedy, metrics)
+    write_outputs(config, Path(dataset.images), references, beam, greedy, metrics, before_beam)
     shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("bleu1", "bleu4", "meteor", "rouge_l", "cider")
                       + (("attention_correctness",) if boxes else ()))
     if "cross_entropy" in metrics:

@@ -113,7 +113,7 @@ def fit(model: CaptionDecoder, optimisers: Optimisers, data: TrainingData, confi
     optimizer, scheduler, scaler = optimisers
     rewards = Rewards(data.train_references, data.vocabulary)
     settings = ScstSettings(config.samples, config.baseline, config.batch_size, config.grad_clip, config.amp,
-                            config.xe_weight)
+                            config.xe_weight, config.attention_penalty)
     banned = search_options(data.vocabulary, 1, model.config.max_caption_length).banned
     trial = [torch.arange(min(config.batch_size, len(rewards.names)))]
     plain = torch.amp.GradScaler(cluster.device.type, enabled=False)  # the trial updates nothing

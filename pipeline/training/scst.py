@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.evaluation.cider import CiderD
-from pipeline.model.decoder import CaptionDecoder, caption_loss
+from pipeline.model.decoder import CaptionDecoder, caption_loss, coverage_penalty
 from pipeline.runtime import Processes
 from pipeline.text import Vocabulary, tokenize
 from pipeline.training.data import TrainingData
@@ -46,6 +46,7 @@ class Samples:
 
     tokens: torch.Tensor  # (R, T) words, END, PAD...
     log_probs: torch.Tensor  # (R, T) log-probability of each token that was sampled (0 on PAD and forced END)
+    alphas: torch.Tensor  # (R, T-1, P) the attention of each decoding step (the forced END has none)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -65,9 +66,10 @@ def sample(model: CaptionDecoder, features: torch.Tensor, per_image: int, max_le
     words = torch.full((rows,), start, dtype=torch.long, device=features.device)
     alive = torch.ones(rows, dtype=torch.bool, device=features.device)
     banned_ids = torch.tensor(list(banned), dtype=torch.long, device=features.device)
-    tokens, log_probs = [], []
+    tokens, log_probs, alphas = [], [], []
     for _ in range(max_length):
-        scores, _, state = model.advance(state, words)  # (R, V) log-probabilities
+        scores, alpha, state = model.advance(state, words)  # (R, V) log-probabilities, (R, P)
+        alphas.append(alpha)
         scores = scores.index_fill(1, banned_ids, float("-inf")).log_softmax(dim=1)  # renormalised without banned
         words = scores.argmax(dim=1) if greedy else torch.multinomial(scores.exp(), 1).squeeze(1)  # (R,)
         chosen = scores.gather(1, words[:, None]).squeeze(1)  # (R,)
@@ -78,7 +80,7 @@ def sample(model: CaptionDecoder, features: torch.Tensor, per_image: int, max_le
             break
     tokens.append(torch.where(alive, end, pad))  # END where the limit was reached, chosen by no one
     log_probs.append(torch.zeros(rows, device=features.device))
-    return Samples(torch.stack(tokens, dim=1), torch.stack(log_probs, dim=1))
+    return Samples(torch.stack(tokens, dim=1), torch.stack(log_probs, dim=1), torch.stack(alphas, dim=1))
 
 
 class Rewards:
@@ -123,6 +125,7 @@ class ScstSettings:
     grad_clip: float
     amp: str
     xe_weight: float  # weight of the cross-entropy of one reference caption per image, added to the policy loss
+    attention_penalty: float  # weight of the doubly stochastic attention penalty on the samples' attention
 
 
 def reference_cross_entropy(model: CaptionDecoder, data: TrainingData, x: torch.Tensor, rows: torch.Tensor,
@@ -182,6 +185,10 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
             chosen = float(samples.mask.sum())
             advantage = torch.as_tensor(reward - baseline, dtype=torch.float32, device=processes.device)  # (R,)
             loss = policy_loss(samples, advantage, processes.sum(chosen))  # a token mean over the global batch
+            if settings.attention_penalty:  # each process's share of the mean, as the cross-entropy's below
+                steps = samples.mask[:, :samples.alphas.size(1)]  # (R, T-1) the steps that chose a token
+                loss = loss + settings.attention_penalty / processes.world_size * coverage_penalty(
+                    samples.alphas, steps)
             if settings.xe_weight:
                 with autocast:  # summed over processes by `update`: each process's share of the mean
                     loss = loss + settings.xe_weight / processes.world_size * reference_cross_entropy(
