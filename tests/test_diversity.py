@@ -23,3 +23,14 @@ def test_a_constant_caption_has_no_diversity() -> None:
     with pytest.raises(ValueError):
         caption_diversity({}, [])
 
+
+
+def test_distinct_descriptions_count_what_is_said_not_how() -> None:
+    from pipeline.evaluation.diversity import distinct_descriptions
+
+    words = {"red", "blue", "circle", "square"}
+    captions = ["there is a red circle", "one shape a red circle", "a red circle",  # one thing, three phrasings
+                "a blue square and a red circle", "a red circle and a blue square",  # order is part of it
+                "there is a blue square and a red circle"]
+    assert distinct_descriptions(captions, words) == 3
+    assert distinct_descriptions(["a dog", "the cat"], words) == 1  # no object word: both say nothing of them

@@ -63,6 +63,8 @@ def test_evaluate_stage_writes_metrics_that_match_its_predictions(trained_projec
     assert metrics["hallucinated_words"] == spoken - present
     assert metrics["hallucination_rate"] == pytest.approx((spoken - present) / spoken)
     assert 0.0 <= metrics["attention_correctness"] <= 1.0
+    said = {tuple(word for word in p["caption"].split() if word in words) for p in predictions}
+    assert metrics["distinct_object_descriptions"] == len(said) <= metrics["distinct_captions"]
 
     figures = sorted((trained_project / "data/evaluate/attention").glob("*.png"))
     assert [f.stem for f in figures] == [Path(p["image"]).stem for p in predictions[:2]]

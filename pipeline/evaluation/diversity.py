@@ -49,3 +49,11 @@ def caption_diversity(captions: Mapping[str, str], training_captions: Iterable[s
         "repeated_word_fraction": sum(map(repeats_a_word, texts)) / len(texts),
         "dangling_end_fraction": sum(map(ends_dangling, texts)) / len(texts),
     }
+
+
+def distinct_descriptions(captions: Iterable[str], object_words: set[str]) -> int:
+    """How many different things the captions say about the objects, whatever their phrasing: the distinct
+    sequences of their object words ("there is a red circle" and "one shape a red circle" say the same).
+    Where every image has the same phrasings among its references (the demo), a model that settles on one
+    of them says fewer distinct captions without saying fewer distinct things."""
+    return len({tuple(word for word in text.split() if word in object_words) for text in captions})

@@ -40,7 +40,7 @@ from pipeline.encoder.resnet import file_sha256
 from pipeline.errors import InputError
 from pipeline.evaluation.attention import attention_correctness, load_objects
 from pipeline.evaluation.coco_format import coco_annotations, coco_results, image_ids
-from pipeline.evaluation.diversity import caption_diversity
+from pipeline.evaluation.diversity import caption_diversity, distinct_descriptions
 from pipeline.evaluation.figures import draw_attention
 from pipeline.evaluation.scoring import coco_scores, require_java
 from pipeline.files import atomic_paths, json_text, write_json
@@ -89,6 +89,7 @@ def score(model: CaptionDecoder, vocabulary: Vocabulary, features: FeatureMatrix
     metrics.update(caption_diversity(hypotheses, training_captions))
     if boxes is not None:
         metrics.update(attention_correctness(beam, *boxes))
+        metrics["distinct_object_descriptions"] = distinct_descriptions(hypotheses.values(), set().union(*boxes[2]))
     return metrics, beam, greedy
 
 
