@@ -57,3 +57,19 @@ def test_every_caption_names_the_shape_drawn_on_top() -> None:
         pixels = np.asarray(draw_image(index, 3), dtype=np.int16)
         near = (np.abs(pixels - np.array(SUBJECT_COLOURS[colour])) <= 45).all(axis=2)
         assert near.mean() > 0.03, (index, colour, near.mean())
+
+
+def test_subject_score_counts_captions_that_name_their_pictures_subject() -> None:
+    from benchmarks.subject_score import subject_scores
+
+    names = [f"{1_000_092_795 + i}.jpg" for i in range(4)]
+    subjects = [subject(i, 0) for i in range(4)]
+    other = next((c, k) for c in SUBJECT_COLOURS for k in ("circle", "square", "triangle") if (c, k) not in subjects)
+    predictions = [{"image": names[0], "caption": f"a a {' '.join(subjects[0])} a"},  # right
+                   {"image": names[1], "caption": f"{' '.join(subjects[1])}"},  # right
+                   {"image": names[2], "caption": f"a {' '.join(other)} a"},  # names another subject
+                   {"image": names[3], "caption": f"a a {subjects[3][0]} a"}]  # the colour alone names nothing
+    scores = subject_scores(predictions, "caption")
+    assert scores["naming_the_subject"] == 0.5
+    assert scores["distinct_subjects_named"] == len({subjects[0], subjects[1], other})
+    assert scores["distinct_captions"] == 4
