@@ -41,6 +41,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the seed the set was drawn with")
     args = parser.parse_args()
     predictions = json.loads(args.predictions.read_text(encoding="utf-8"))
+    foreign = next((p["image"] for p in predictions if not Path(p["image"]).stem.isdigit()), None)
+    if foreign is not None:
+        raise SystemExit(f"{args.predictions}: {foreign} is not an image of benchmarks.flickr30k_like (its names are "
+                         f"numbers from {FIRST_NAME}); score that set's predictions")
     for key, model in (("cross_entropy", "cross-entropy model"), ("caption", "final model")):
         if key in predictions[0]:
             scores = subject_scores(predictions, key, args.seed)
