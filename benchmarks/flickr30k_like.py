@@ -76,13 +76,25 @@ def captions(num_images: int, seed: int) -> list[str]:
     drawn = vocabulary[rng.choice(len(vocabulary), size=int(lengths.sum()), p=probabilities)]
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     places = rng.integers(0, lengths + 1)  # where the subject goes among each caption's Zipf words
+    subjects = [list(subject(image, seed)) for image in range(num_images)]
     lines = []
     for i in range(count):
         image, k = divmod(i, CAPTIONS_PER_IMAGE)
         filler = list(drawn[bounds[i]:bounds[i + 1]])
-        text = " ".join(filler[:places[i]] + list(subject(image, seed)) + filler[places[i]:])
+        text = " ".join(filler[:places[i]] + subjects[image] + filler[places[i]:])
         lines.append(f"{FIRST_NAME + image}.jpg#{k}\t{text.capitalize()} .")
     return lines
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], fill: tuple[int, ...]) -> None:
+    """A filled circle (ellipse), square (box) or triangle (apex at the top middle) in `box` (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    if kind == "circle":
+        draw.ellipse(box, fill=fill)
+    elif kind == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=fill)
 
 
 def draw_image(index: int, seed: int) -> Image.Image:
@@ -100,25 +112,13 @@ def draw_image(index: int, seed: int) -> Image.Image:
         x0, y0 = rng.integers(0, w), rng.integers(0, h)
         x1, y1 = x0 + rng.integers(10, w // 2), y0 + rng.integers(10, h // 2)
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        kind = rng.integers(3)
-        if kind == 0:
-            draw.ellipse((x0, y0, x1, y1), fill=colour)
-        elif kind == 1:
-            draw.rectangle((x0, y0, x1, y1), fill=colour)
-        else:
-            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=colour)
+        draw_shape(draw, SUBJECT_KINDS[rng.integers(3)], (x0, y0, x1, y1), colour)
     colour, kind = subject(index, seed)  # on top, large: what every caption names
     size = rng.integers(min(w, h) // 3, min(w, h) // 2 + 1)
     x0, y0 = rng.integers(0, w - size), rng.integers(0, h - size)
     fill = tuple(int(np.clip(v + rng.integers(-SUBJECT_JITTER, SUBJECT_JITTER + 1), 0, 255))
                  for v in SUBJECT_COLOURS[colour])
-    box = (x0, y0, x0 + size, y0 + size)
-    if kind == "circle":
-        draw.ellipse(box, fill=fill)
-    elif kind == "square":
-        draw.rectangle(box, fill=fill)
-    else:
-        draw.polygon([(x0, y0 + size), (x0 + size, y0 + size), (x0 + size // 2, y0)], fill=fill)
+    draw_shape(draw, kind, (x0, y0, x0 + size, y0 + size), fill)
     image = image.resize((width, height), Image.BILINEAR)
     grain = rng.integers(-GRAIN, GRAIN + 1, (height, width, 3), dtype=np.int16)  # (H, W, 3)
     return Image.fromarray(np.clip(np.asarray(image, dtype=np.int16) + grain, 0, 255).astype(np.uint8))

@@ -149,8 +149,9 @@ def scst_rows(images: int, repeats: int) -> tuple[list[str], list[str]]:
     """Self-critical epochs against cross-entropy ones on the same images (fp32 and amp auto), and notes."""
     lines, notes = [], []
     for result in bench_scst(images, repeats):
-        lines.append(row(f"self-critical vs cross-entropy epoch, amp {result['amp']}, batch 32, V=10,000, "
-                         "images/s", f"{result['scst images/s']:.1f}",
+        steps = f"{result['scst batch']} images vs {result['xe batch']} captions a step"
+        lines.append(row(f"self-critical vs cross-entropy epoch, {steps}, amp {result['amp']}, V=10,000, images/s",
+                         f"{result['scst images/s']:.1f}",
                          f"{result['xe images/s']:.1f}", inverse(result["ratio"]), None))
         notes.append(f"self-critical amp {result['amp']}: {result['scst samples/s']:.0f} sampled captions/s, "
                      f"{result['scst sampled tokens/s']:.0f} sampled tokens/s (5 samples and a greedy caption per "

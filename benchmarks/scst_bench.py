@@ -8,9 +8,10 @@ D=300) with END's output bias set so that sampled captions have about 13 tokens,
 - cross-entropy: `pipeline.training.loop.run_epoch` over the images' 5 captions each;
 - self-critical: `pipeline.training.scst.run_scst_epoch` over the same images, 5 samples each, the
   greedy baseline (one more greedy decode per image), CIDEr-D rewards with END.
-Both at fp32 and at `amp: auto`, with params.yaml's batch sizes (64 captions a cross-entropy step, 10 images
-a self-critical one). Reported: images/s and tokens/s (cross-entropy: real target
-tokens; self-critical: the sampled tokens the policy gradient runs through).
+Both at fp32 and at `amp: auto`, with the batch sizes of the repository's params.yaml (train.batch_size
+captions a cross-entropy step, scst.batch_size images a self-critical one). Reported: images/s and
+tokens/s (cross-entropy: real target tokens; self-critical: the sampled tokens the policy gradient runs
+through).
 
 Run alone: python -m benchmarks.scst_bench
 """
@@ -27,6 +28,7 @@ import torch
 from benchmarks.common import time_variants
 from benchmarks.training_bench import make_cache, make_captions, train_config
 from benchmarks.tutorial import END, PAD, START
+from pipeline.config import ScstConfig, TrainConfig, load_section
 from pipeline.encoder.feature_cache import FeatureStore
 from pipeline.encoder.feature_matrix import FeatureMatrix
 from pipeline.model.architectures import build_decoder
@@ -39,6 +41,7 @@ from pipeline.training.loop import make_optimisers, run_epoch
 from pipeline.training.scst import Rewards, ScstSettings, image_batches, run_scst_epoch
 
 CPU = torch.device("cpu")
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"  # the repository's, wherever this runs from
 VOCAB = 10_000
 SAMPLES = 5
 MEAN_TOKENS = 13  # words + END of a sampled caption, as Flickr30k's captions
@@ -60,7 +63,8 @@ def compare(data: TrainingData, rewards: Rewards, amp: str, repeats: int, xe_bat
     model, captions, images = decoder(VOCAB), data.train_set, len(rewards.names)
     config = train_config(xe_batch, amp)
     optimizer, _, scaler = make_optimisers(model, 5e-5, 0.0, 10, 1.0, CPU, amp)
-    settings = ScstSettings(SAMPLES, "greedy", scst_batch, 5.0, amp, 0.0, 0.0)
+    settings = ScstSettings(samples=SAMPLES, baseline="greedy", batch_size=scst_batch, grad_clip=5.0, amp=amp,
+                            xe_weight=0.0, attention_penalty=0.0)
     banned = (PAD, START, data.vocabulary.unk)
     sampled: list[float] = []
 
@@ -75,15 +79,16 @@ def compare(data: TrainingData, rewards: Rewards, amp: str, repeats: int, xe_bat
 
     timings = time_variants({"cross-entropy": cross_entropy, "self-critical": self_critical}, repeats)
     xe, sc = timings.median("cross-entropy"), timings.median("self-critical")
-    return {"amp": amp, "images": images, "xe images/s": images / xe,
+    return {"amp": amp, "images": images, "xe batch": xe_batch, "scst batch": scst_batch, "xe images/s": images / xe,
             "xe tokens/s": float((captions.lengths - 1).sum()) / xe, "scst images/s": images / sc,
             "scst sampled tokens/s": statistics.median(sampled), "scst samples/s": images * SAMPLES / sc,
             "ratio": timings.ratio("self-critical", "cross-entropy")}
 
 
-def bench_scst(num_images: int, repeats: int, xe_batch: int = 64, scst_batch: int = 10) -> list[dict]:
-    """`compare` at fp32 and at amp auto, on a synthetic cache and random references; the batch sizes are
-    params.yaml's (train.batch_size captions, scst.batch_size images a step)."""
+def bench_scst(num_images: int, repeats: int) -> list[dict]:
+    """`compare` at fp32 and at amp auto, on a synthetic cache and random references, with the repository's
+    params.yaml batch sizes (train.batch_size captions, scst.batch_size images a step)."""
+    xe_batch, scst_batch = load_section(TrainConfig, PARAMS).batch_size, load_section(ScstConfig, PARAMS).batch_size
     vocabulary = Vocabulary(tuple(SPECIAL_TOKENS) + tuple(f"w{i}" for i in range(VOCAB - len(SPECIAL_TOKENS))))
     assert (vocabulary.start, vocabulary.end, vocabulary.pad) == (START, END, PAD)
     with tempfile.TemporaryDirectory() as folder:
