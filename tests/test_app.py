@@ -50,7 +50,7 @@ TOKEN = "correct-horse-battery-staple"
 
 def train_decoder(project: Path, images: list[str], out: Path, steps: int = 80, demo: bool = False) -> Path:
     """A checkpoint whose decoder has learnt the captions of `images` (the tiny project's 2 epochs are too few);
-    its encoder record says whether the features are of the demo (`demo`: no untrained-encoder notice)."""
+    its encoder record says whether the features are of the demo (`demo`: the demo model's notice)."""
     store = FeatureStore(project / "data/features/features.h5")
     vocabulary = Vocabulary.from_json(project / "data/vocab/vocab.json")
     table = read_captions(project / "data/prepared/captions.csv")
@@ -321,12 +321,14 @@ def test_a_damaged_model_is_said_on_the_page(tmp_path: Path) -> None:
     assert refused.value.status_code == 503 and refused.value.detail == service.message
 
 
-def test_an_empty_index_is_reported_and_a_demo_model_has_no_notice(trained_project: Path, tmp_path: Path) -> None:
+def test_an_empty_index_is_reported_and_a_demo_model_says_what_it_knows(trained_project: Path, tmp_path: Path) -> None:
     checkpoint = train_decoder(trained_project, list(PHOTOS), tmp_path / "demo.pt", steps=1, demo=True)
     (tmp_path / "empty").mkdir()
     Captioner(checkpoint, "cpu").index(tmp_path / "empty")
     service = Service(checkpoint, tmp_path / "empty/.caption-index", "cpu", package_defaults())
-    assert service.status() == {"ready": True, "message": "", "photos": 0, "notice": None}
+    status = service.status()
+    assert status == {"ready": True, "message": "", "photos": 0, "notice": status["notice"]}
+    assert "the built-in demo's model" in status["notice"] and "the encoder is untrained" in status["notice"]
     with pytest.raises(HTTPException) as refused:
         service.search("a red circle", 5)
     assert refused.value.status_code == 404 and "no photos to search" in refused.value.detail
