@@ -64,7 +64,7 @@ def compare(data: TrainingData, rewards: Rewards, amp: str, repeats: int, xe_bat
     config = train_config(xe_batch, amp)
     optimizer, _, scaler = make_optimisers(model, 5e-5, 0.0, 10, 1.0, CPU, amp)
     settings = ScstSettings(samples=SAMPLES, baseline="greedy", batch_size=scst_batch, grad_clip=5.0, amp=amp,
-                            xe_weight=0.0, attention_penalty=0.0)
+                            xe_weight=0.0, attention_penalty=0.0, kl_weight=0.0)
     banned = (PAD, START, data.vocabulary.unk)
     sampled: list[float] = []
 

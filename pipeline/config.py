@@ -195,6 +195,7 @@ class ScstConfig(Section):
     baseline: Literal["greedy", "mean"]  # the image's greedy caption's reward | its other samples' mean reward
     xe_weight: Real = Field(ge=0.0, le=100.0)  # cross-entropy of a reference caption added to the policy loss
     attention_penalty: Real = Field(ge=0.0, le=100.0)  # doubly stochastic penalty on the samples' attention
+    kl_weight: Real = Field(ge=0.0, le=100.0)  # per-token KL divergence from the cross-entropy model, added to the loss
     lr: Real = Field(gt=0.0, le=10.0)
     batch_size: int = Field(ge=1, le=65536)  # images per step (each sampled `samples` times)
     grad_clip: Real = Field(gt=0.0)

@@ -15,6 +15,7 @@ from pipeline.config import (
     EncoderConfig,
     EvaluateConfig,
     ModelConfig,
+    ScstConfig,
     ShapesConfig,
     TrainConfig,
     VocabConfig,
@@ -115,6 +116,8 @@ def test_exponent_without_a_decimal_point_is_a_number(tmp_path):
     (EncoderConfig, "encoder", "num_workers", -1, "greater than or equal to 0"),
     (EncoderConfig, "encoder", "device", "gpu", "use auto, cpu, cuda or cuda:N"),
     (EvaluateConfig, "evaluate", "num_figures", -2, "greater than or equal to 0"),
+    (ScstConfig, "scst", "kl_weight", -0.01, "greater than or equal to 0"),
+    (ScstConfig, "scst", "samples", 0, "greater than or equal to 1"),
 ])
 def test_out_of_range_values_are_refused(tmp_path, cls, section, key, value, why):
     message = error_for(cls, write_params(tmp_path, {section: {key: value}}))

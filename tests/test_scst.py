@@ -18,7 +18,14 @@ from pipeline.model.decoder import coverage_penalty
 from pipeline.runtime import Processes
 from pipeline.text import Vocabulary
 from pipeline.training.loop import update
-from pipeline.training.scst import Rewards, baseline_rewards, policy_loss, sample
+from pipeline.training.scst import (
+    Rewards,
+    baseline_rewards,
+    policy_loss,
+    reference_divergence,
+    reference_log_distributions,
+    sample,
+)
 from tests.conftest import run_stages, write_params
 from tests.tiny_models import END, PAD, START, UNK, P, V, make_features, make_model
 
@@ -171,6 +178,79 @@ def test_the_policy_gradient_makes_rewarded_captions_likelier(one_thread, each_a
     assert after > before + 0.3, (before, after)
 
 
+def test_samples_carry_each_steps_whole_distribution_without_the_banned_words(one_thread) -> None:
+    model, features = make_model(end_bias=1.0), make_features(3)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        found = sample(model, features, 4, 6, BANNED, distributions=True, **SPECIAL)
+    steps = found.log_distributions.size(1)
+    assert found.log_distributions.shape == (12, steps, V) and found.tokens.size(1) == steps + 1
+    chosen = found.mask[:, :steps]
+    picked = found.log_distributions.gather(2, found.tokens[:, :steps, None].clamp_min(0)).squeeze(2)
+    torch.testing.assert_close(picked[chosen], found.log_probs[:, :steps][chosen])
+    probabilities = found.log_distributions.exp()
+    torch.testing.assert_close(probabilities.sum(dim=2), torch.ones(12, steps))
+    assert (probabilities[:, :, list(BANNED)] == 0).all()
+    torch.manual_seed(2)
+    with torch.no_grad():
+        plain = sample(model, features, 4, 6, BANNED, **SPECIAL)  # not kept unless asked for; the same samples
+    assert plain.log_distributions is None and torch.equal(plain.tokens, found.tokens)
+
+
+def test_the_divergence_from_the_reference_is_the_kl_of_each_sampled_step(one_thread) -> None:
+    """Against itself the divergence is 0; against another decoder it is, summed over the captions' steps
+    (not those after END), KL(policy || reference) of the next-word distributions over the allowed words,
+    computed here by hand from both decoders' teacher-forced logits."""
+    policy, other, features = make_model(end_bias=1.0), make_model(seed=5, end_bias=1.0), make_features(3)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        found = sample(policy, features, 4, 6, BANNED, distributions=True, **SPECIAL)
+    assert abs(float(reference_divergence(found, reference_log_distributions(
+        policy, features, found, START, BANNED)))) < 1e-5
+    captions = torch.cat([torch.full((12, 1), START), found.tokens.clamp_min(0)], dim=1)
+    allowed = [word for word in range(V) if word not in BANNED]
+    with torch.no_grad():
+        mine, _ = policy(features.repeat_interleave(4, 0), captions)
+        theirs, _ = other(features.repeat_interleave(4, 0), captions)
+    expected = 0.0
+    for row in range(12):
+        for step in range(found.log_distributions.size(1)):
+            if found.mask[row, step]:
+                p = torch.softmax(mine[row, step, allowed].double(), dim=0)
+                q = torch.softmax(theirs[row, step, allowed].double(), dim=0)
+                expected += float((p * (p.log() - q.log())).sum())
+    assert expected > 0.1
+    found_divergence = float(reference_divergence(found, reference_log_distributions(
+        other, features, found, START, BANNED)))
+    assert found_divergence == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_divergence_alone_pulls_the_policy_to_the_reference(one_thread) -> None:
+    """Followed alone, the KL term brings a decoder's sampling distributions to another decoder's; the
+    reference has no gradient and does not move."""
+    policy, reference = make_model(seed=3, sharpness=5.0), make_model(seed=8, sharpness=5.0)
+    features = make_features(4, seed=7)
+    reference.requires_grad_(False)
+    kept = [parameter.clone() for parameter in reference.parameters()]
+    optimizer = torch.optim.Adam(policy.parameters(), lr=0.01)
+
+    def divergence() -> torch.Tensor:
+        found = sample(policy, features, 8, 6, BANNED, distributions=True, **SPECIAL)
+        fixed = reference_log_distributions(reference, features, found, START, BANNED)
+        return reference_divergence(found, fixed) / found.mask.sum()
+
+    torch.manual_seed(0)
+    before = float(divergence().detach())
+    for _ in range(60):
+        optimizer.zero_grad()
+        divergence().backward()
+        optimizer.step()
+    torch.manual_seed(0)
+    after = float(divergence().detach())
+    assert after < 0.2 * before, (before, after)
+    assert all(torch.equal(a, b) for a, b in zip(kept, reference.parameters()))
+
+
 # ----------------------------------------------------------------------------------------------
 # the stage
 
@@ -206,11 +286,14 @@ def test_scst_fine_tunes_keeps_the_best_epoch_and_evaluate_reports_both_models(
     from pipeline.stages import evaluate, scst
 
     write_params(project, {"scst": {"epochs": 2, "batch_size": 4, "lr": 0.001, "xe_weight": 0.5,
-                                    "attention_penalty": 0.1, **scst_paths("on")}},
+                                    "attention_penalty": 0.1, "kl_weight": 0.2, **scst_paths("on")}},
                  tiny=True)
     run_stages(project, scst)
     out = capsys.readouterr().out
     assert "scst epoch 0 (the cross-entropy model)" in out and "scst epoch 2/2: reward" in out
+    assert "KL from the cross-entropy model" in out
+    kl = (project / "runs/on/metrics/plots/metrics/train/kl.tsv").read_text().splitlines()
+    assert len(kl) == 1 + 2 and all(float(line.split()[1]) > 0 for line in kl[1:])  # epochs 1, 2
     progress = torch.load(project / "runs/on/last.pt", weights_only=True)["state"]
     _, _, payload = load_checkpoint(project / "runs/on/best.pt")
     assert payload["epoch"] == progress["best_epoch"] and payload["val_cider"] == pytest.approx(progress["best_score"])
@@ -219,7 +302,7 @@ def test_scst_fine_tunes_keeps_the_best_epoch_and_evaluate_reports_both_models(
     assert len((plots / "val/cider.tsv").read_text().splitlines()) == 1 + 3  # header, epochs 0, 1, 2
 
     write_params(project, {"scst": {"epochs": 2, "batch_size": 4, "lr": 0.001, "xe_weight": 0.5,
-                                    "attention_penalty": 0.1, **scst_paths("on")},
+                                    "attention_penalty": 0.1, "kl_weight": 0.2, **scst_paths("on")},
                            "evaluate": {"out_dir": "runs/eval", "metrics": "runs/eval.json"}}, tiny=True)
     run_stages(project, evaluate)
     metrics = json.loads((project / "runs/eval.json").read_text())

@@ -82,6 +82,7 @@ def main() -> None:
         data = load_training_data(Path(dataset.table), vocabulary, Path(encoder.cache),
                                   model.config.max_caption_length, cluster.device)
         check_features(model, payload["encoder"], data.store.path, data.store.attrs, data.store.feature_dim)
+        reference = frozen_copy(train.checkpoint, cluster.device) if config.kl_weight else None
         optimisers = make_optimisers(model, config.lr, 0.0, config.epochs, 1.0, cluster.device, config.amp)
         training.restore(model, *optimisers)
         log = EpochLog(config.log_dir, config.metrics_dir, training.continued is not None) if cluster.main else None
@@ -90,7 +91,14 @@ def main() -> None:
         else:
             cluster.say(f"scst: starting from {train.checkpoint} (epoch {payload.get('epoch')}; {reason})")
             training.progress = start(model, data, payload["encoder"], files, cluster, log, train.num_samples)
-        fit(model, optimisers, data, config, cluster, training, log, payload["encoder"], train.num_samples)
+        fit(model, optimisers, data, config, cluster, training, log, payload["encoder"], train.num_samples,
+            reference)
+
+
+def frozen_copy(checkpoint: str, device: torch.device) -> CaptionDecoder:
+    """The cross-entropy model as `scst.kl_weight`'s reference: evaluation mode, no gradients."""
+    reference, _, _ = load_checkpoint(checkpoint, device)
+    return reference.eval().requires_grad_(False)
 
 
 def start(model: CaptionDecoder, data: TrainingData, encoder: dict, files: RunFiles, cluster: Processes,
@@ -108,12 +116,13 @@ def start(model: CaptionDecoder, data: TrainingData, encoder: dict, files: RunFi
 
 
 def fit(model: CaptionDecoder, optimisers: Optimisers, data: TrainingData, config: ScstConfig, cluster: Processes,
-        training: Run, log: EpochLog | None, encoder: dict, num_samples: int) -> None:
+        training: Run, log: EpochLog | None, encoder: dict, num_samples: int,
+        reference: CaptionDecoder | None = None) -> None:
     """The epochs: sample and reward, validate, decide, save and log each; rank 0 writes every file."""
     optimizer, scheduler, scaler = optimisers
     rewards = Rewards(data.train_references, data.vocabulary)
     settings = ScstSettings(config.samples, config.baseline, config.batch_size, config.grad_clip, config.amp,
-                            config.xe_weight, config.attention_penalty)
+                            config.xe_weight, config.attention_penalty, config.kl_weight)
     banned = search_options(data.vocabulary, 1, model.config.max_caption_length).banned
     trial = [torch.arange(min(config.batch_size, len(rewards.names)))]
     plain = torch.amp.GradScaler(cluster.device.type, enabled=False)  # the trial updates nothing
@@ -126,7 +135,7 @@ def fit(model: CaptionDecoder, optimisers: Optimisers, data: TrainingData, confi
         order = torch.Generator().manual_seed(config.seed + epoch)  # the same on every process
         stats = run_scst_epoch(model, data, rewards, image_batches(len(rewards.names), config.batch_size, order),
                                settings, optimizer, scaler, cluster, banned,
-                               progress=f"scst epoch {epoch + 1}" if cluster.main else None)
+                               progress=f"scst epoch {epoch + 1}" if cluster.main else None, reference=reference)
         scores, hypotheses = greedy_scores(model, data, cluster)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -135,11 +144,14 @@ def fit(model: CaptionDecoder, optimisers: Optimisers, data: TrainingData, confi
             best = checkpoint_payload(model, data.vocabulary.words, encoder, epoch=progress.epoch, **{
                 f"val_{k}": v for k, v in scores.items()}) if improved else None
             training.save((model, *optimisers), best)
+            divergence = f", KL from the cross-entropy model {stats['kl']:.3f}" if reference is not None else ""
             line = (f"scst epoch {progress.epoch}/{config.epochs}: reward {stats['reward']:.3f} (baseline "
-                    f"{stats['baseline']:.3f}), val BLEU-4 {scores['bleu4']:.3f}, val CIDEr {scores['cider']:.3f}, "
+                    f"{stats['baseline']:.3f}{divergence}), val BLEU-4 {scores['bleu4']:.3f}, "
+                    f"val CIDEr {scores['cider']:.3f}, "
                     f"{stats['images_per_s']:.1f} images/s, {stats['sampled_tokens_per_s']:.0f} sampled tokens/s"
                     f"{' *' if improved else ''}")
             log.epoch(progress.epoch, {"train/reward": stats["reward"], "train/baseline": stats["baseline"],
+                                       **({"train/kl": stats["kl"]} if reference is not None else {}),
                                        "val/bleu4": scores["bleu4"], "val/cider": scores["cider"], "lr": lr},
                       data.samples(hypotheses, num_samples), line,
                       {"train/images_per_s": stats["images_per_s"],

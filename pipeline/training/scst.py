@@ -12,7 +12,14 @@ with a baseline that does not depend on the sample: the reward of the image's gr
 the mean reward of the image's other samples (`mean`, Luo 2020 and most codebases since). With
 `xe_weight` > 0 the cross-entropy of one reference caption per image is added (the mixed objective
 of Paulus et al. 2018): the reward alone pulls every image towards the one phrasing CIDEr-D likes
-best, the references keep the model's other ways of saying it.
+best, the references keep the model's other ways of saying it. With `kl_weight` > 0 the loss adds
+
+    kl_weight x sum over sampled steps of KL(p(. | step) || p_xe(. | step)) / (number of sampled tokens)
+
+where p_xe is the cross-entropy model the stage started from, frozen and teacher-forced on the samples:
+KL-regularised policy gradient, as in RL fine-tuning of language models since (Jaques et al. 2017,
+Ziegler et al. 2019). The reward moves the model only where it gains enough to pay for leaving the
+cross-entropy model's distributions, which keeps that model's spread of phrasings and where it looks.
 
 Layout: n images, S samples each, R = n*S caption rows laid out (images, samples), so every row
 reads its image's features through `DecoderState` without copying them, as beam search's beams do.
@@ -47,6 +54,7 @@ class Samples:
     tokens: torch.Tensor  # (R, T) words, END, PAD...
     log_probs: torch.Tensor  # (R, T) log-probability of each token that was sampled (0 on PAD and forced END)
     alphas: torch.Tensor  # (R, T-1, P) the attention of each decoding step (the forced END has none)
+    log_distributions: torch.Tensor | None  # (R, T-1, V) log p of every word at each step (banned: -inf), if kept
 
     @property
     def mask(self) -> torch.Tensor:
@@ -55,10 +63,11 @@ class Samples:
 
 
 def sample(model: CaptionDecoder, features: torch.Tensor, per_image: int, max_length: int, banned: Sequence[int],
-           start: int, end: int, pad: int, greedy: bool = False) -> Samples:
+           start: int, end: int, pad: int, greedy: bool = False, distributions: bool = False) -> Samples:
     """Sample `per_image` captions of each image of features (n, P, E), at most `max_length` words and END
     (forced at the limit, without a gradient); `greedy` takes the likeliest word instead of a sample.
-    Gradients flow through the log-probabilities when grad mode is on."""
+    Gradients flow through the log-probabilities when grad mode is on. `distributions` keeps every step's
+    whole distribution too (for the divergence from a reference model)."""
     state = model.start(features)  # n rows
     state = dataclasses.replace(state, h=state.h.repeat_interleave(per_image, 0),
                                 c=state.c.repeat_interleave(per_image, 0))  # R rows, the image's features shared
@@ -66,11 +75,13 @@ def sample(model: CaptionDecoder, features: torch.Tensor, per_image: int, max_le
     words = torch.full((rows,), start, dtype=torch.long, device=features.device)
     alive = torch.ones(rows, dtype=torch.bool, device=features.device)
     banned_ids = torch.tensor(list(banned), dtype=torch.long, device=features.device)
-    tokens, log_probs, alphas = [], [], []
+    tokens, log_probs, alphas, steps = [], [], [], []
     for _ in range(max_length):
         scores, alpha, state = model.advance(state, words)  # (R, V) log-probabilities, (R, P)
         alphas.append(alpha)
         scores = scores.index_fill(1, banned_ids, float("-inf")).log_softmax(dim=1)  # renormalised without banned
+        if distributions:
+            steps.append(scores)
         words = scores.argmax(dim=1) if greedy else torch.multinomial(scores.exp(), 1).squeeze(1)  # (R,)
         chosen = scores.gather(1, words[:, None]).squeeze(1)  # (R,)
         tokens.append(torch.where(alive, words, pad))
@@ -80,7 +91,8 @@ def sample(model: CaptionDecoder, features: torch.Tensor, per_image: int, max_le
             break
     tokens.append(torch.where(alive, end, pad))  # END where the limit was reached, chosen by no one
     log_probs.append(torch.zeros(rows, device=features.device))
-    return Samples(torch.stack(tokens, dim=1), torch.stack(log_probs, dim=1), torch.stack(alphas, dim=1))
+    return Samples(torch.stack(tokens, dim=1), torch.stack(log_probs, dim=1), torch.stack(alphas, dim=1),
+                   torch.stack(steps, dim=1) if distributions else None)
 
 
 class Rewards:
@@ -115,6 +127,30 @@ def policy_loss(samples: Samples, advantage: torch.Tensor, token_count: float) -
     return -(advantage[:, None] * samples.log_probs).sum() / max(token_count, 1.0)
 
 
+def reference_log_distributions(reference: CaptionDecoder, features: torch.Tensor, samples: Samples,
+                                start: int, banned: Sequence[int]) -> torch.Tensor:
+    """(R, T-1, V) the reference model's log p of every word at each step of the sampled captions (teacher
+    forced on them, banned words renormalised away as in `sample`), without a gradient; features (n, P, E)."""
+    steps = samples.log_distributions.size(1)
+    captions = torch.cat([torch.full_like(samples.tokens[:, :1], start), samples.tokens[:, :steps - 1]], dim=1)
+    per_image = samples.tokens.size(0) // features.size(0)
+    with torch.no_grad():
+        logits, _ = reference(features.repeat_interleave(per_image, 0), torch.cat(
+            [captions, captions[:, -1:]], dim=1))  # one column more: the forward predicts captions[:, 1:]
+        logits[:, :, list(banned)] = float("-inf")
+        return logits.float().log_softmax(dim=2)
+
+
+def reference_divergence(samples: Samples, reference: torch.Tensor) -> torch.Tensor:
+    """Sum over the chosen steps of KL(policy || reference) between the step's word distributions (R, T-1, V):
+    the penalty of KL-regularised policy gradient (Jaques et al. 2017; Ziegler et al. 2019), which keeps the
+    fine-tuned model's distributions, and so its spread of phrasings, near the cross-entropy model's."""
+    steps = samples.mask[:, :samples.log_distributions.size(1)]  # (R, T-1)
+    policy = samples.log_distributions.float().clamp_min(-1e4)  # banned words: p = 0 on both sides
+    per_step = (policy.exp() * (policy - reference.clamp_min(-1e4))).sum(dim=2)  # (R, T-1)
+    return per_step[steps].sum()
+
+
 @dataclasses.dataclass(frozen=True)
 class ScstSettings:
     """What one self-critical epoch needs of params.yaml's `scst` section."""
@@ -126,6 +162,7 @@ class ScstSettings:
     amp: str
     xe_weight: float  # weight of the cross-entropy of one reference caption per image, added to the policy loss
     attention_penalty: float  # weight of the doubly stochastic attention penalty on the samples' attention
+    kl_weight: float = 0.0  # weight of the per-token KL divergence from the cross-entropy model
 
 
 def reference_cross_entropy(model: CaptionDecoder, data: TrainingData, x: torch.Tensor, rows: torch.Tensor,
@@ -154,7 +191,8 @@ def image_batches(count: int, batch_size: int, generator: torch.Generator) -> li
 
 def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, batches: list[torch.Tensor],
                    settings: ScstSettings, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   processes: Processes, banned: Sequence[int], progress: str | None = None) -> dict[str, float]:
+                   processes: Processes, banned: Sequence[int], progress: str | None = None,
+                   reference: CaptionDecoder | None = None) -> dict[str, float]:
     """One self-critical pass over the training images of `batches` (global batches of indices into
     `rewards.names`; each process takes every world_size-th image of each, and a batch with fewer images
     than processes is left out); the mean reward and baseline of this process's samples, and its speeds."""
@@ -162,10 +200,11 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
     autocast, _ = autocast_for(processes.device, settings.amp)
     special = {"start": vocabulary.start, "end": vocabulary.end, "pad": vocabulary.pad}
     max_length = model.config.max_caption_length
-    totals = np.zeros(3)  # over this process's samples: reward, baseline, chosen tokens
+    totals = np.zeros(4)  # over this process's samples: reward, baseline, chosen tokens, KL from the reference
     images, started = 0, time.perf_counter()
     mine = [batch[processes.rank::processes.world_size] for batch in batches if len(batch) >= processes.world_size]
     captions_of = captions_by_row(data.train_set.image_rows) if settings.xe_weight else {}
+    divergent = bool(settings.kl_weight) and reference is not None
     with tqdm(total=sum(map(len, mine)), disable=progress is None, desc=progress, unit="image", mininterval=1.0,
               leave=False) as bar:
         for batch in mine:
@@ -179,12 +218,19 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
                     greedy = rewards(names, sample(model, x, 1, max_length, banned, greedy=True, **special).tokens)
             model.train()
             with autocast:
-                samples = sample(model, x, S, max_length, banned, **special)
+                samples = sample(model, x, S, max_length, banned, distributions=divergent, **special)
             reward = rewards(names, samples.tokens)  # (R,)
             baseline = baseline_rewards(reward, S, greedy)  # (R,)
             chosen = float(samples.mask.sum())
             advantage = torch.as_tensor(reward - baseline, dtype=torch.float32, device=processes.device)  # (R,)
-            loss = policy_loss(samples, advantage, processes.sum(chosen))  # a token mean over the global batch
+            tokens = processes.sum(chosen)
+            loss = policy_loss(samples, advantage, tokens)  # a token mean over the global batch
+            if divergent:
+                with autocast:
+                    fixed = reference_log_distributions(reference, x, samples, vocabulary.start, banned)
+                divergence = reference_divergence(samples, fixed)
+                loss = loss + settings.kl_weight * divergence / max(tokens, 1.0)
+                totals[3] += float(divergence)
             if settings.attention_penalty:  # each process's share of the mean, as the cross-entropy's below
                 steps = samples.mask[:, :samples.alphas.size(1)]  # (R, T-1) the steps that chose a token
                 loss = loss + settings.attention_penalty / processes.world_size * coverage_penalty(
@@ -194,10 +240,11 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
                     loss = loss + settings.xe_weight / processes.world_size * reference_cross_entropy(
                         model, data, x, rows, captions_of)
             update(model, loss, optimizer, scaler, settings.grad_clip, processes)
-            totals += (reward.sum(), baseline.sum(), chosen)
+            totals[:3] += (reward.sum(), baseline.sum(), chosen)
             images += len(names)
             bar.update(len(names) * processes.world_size)
     seconds = time.perf_counter() - started
     count = max(images * S, 1)
-    return {"reward": totals[0] / count, "baseline": totals[1] / count, "images_per_s": images / seconds,
+    return {"reward": totals[0] / count, "baseline": totals[1] / count, "kl": totals[3] / max(totals[2], 1.0),
+            "images_per_s": images / seconds,
             "sampled_tokens_per_s": totals[2] / seconds}
