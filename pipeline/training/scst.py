@@ -230,7 +230,7 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
                     fixed = reference_log_distributions(reference, x, samples, vocabulary.start, banned)
                 divergence = reference_divergence(samples, fixed)
                 loss = loss + settings.kl_weight * divergence / max(tokens, 1.0)
-                totals[3] += float(divergence)
+                totals[3] += float(divergence.detach())
             if settings.attention_penalty:  # each process's share of the mean, as the cross-entropy's below
                 steps = samples.mask[:, :samples.alphas.size(1)]  # (R, T-1) the steps that chose a token
                 loss = loss + settings.attention_penalty / processes.world_size * coverage_penalty(
