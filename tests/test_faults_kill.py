@@ -150,7 +150,7 @@ def test_scst_killed_midway_resumes_to_a_byte_identical_final_model(trained_proj
     shutil.copytree(trained_project, project)
     outputs = {"checkpoint": "straight/best.pt", "last_checkpoint": "straight/last.pt", "log_dir": "straight/tb",
                "metrics_dir": "straight/metrics"}
-    settings = {"epochs": 3, "batch_size": 4, "lr": 0.002}
+    settings = {"epochs": 3, "batch_size": 4, "lr": 0.002, "kl_weight": 0.1}  # the frozen reference model too
     straight = write_params(project / "straight.yaml", {"scst": {**settings, **outputs}}, tiny=True)
     finish("scst", project, straight)
     resumed_outputs = {key: value.replace("straight", "resumed") for key, value in outputs.items()}
