@@ -36,7 +36,7 @@ from PIL import Image
 
 from pipeline.defaults import Decoding, package_defaults
 from pipeline.encoder.images import ImageReadError, load_image, pil_pixels, resize_pixels
-from pipeline.encoder.resnet import DEMO_ATTR, NO_WEIGHTS, build_encoder, encode, untrained_notice
+from pipeline.encoder.resnet import build_encoder, encode, untrained_notice
 from pipeline.errors import InputError
 from pipeline.model.captioner import Caption, describe, search_options
 from pipeline.model.checkpoint import load_checkpoint
@@ -45,10 +45,6 @@ from pipeline.retrieval.photo_index import IndexReport, default_index_dir, open_
 from pipeline.retrieval.ranking import Gallery, Hit, RankingOptions, Searcher
 from pipeline.runtime import resolve_device
 from pipeline.text import normalise, tokenize
-
-DEMO_MODEL_NOTICE = ("the encoder is untrained (encoder.weights: none) and this is the built-in demo's model: it "
-                     "knows only the demo's coloured shapes, so on real photos its captions and search mean nothing; "
-                     "for real photos train on a real dataset with pretrained weights (docs/real-datasets.md)")
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 BATCH_SIZE = 16  # images encoded and decoded at once
@@ -119,10 +115,7 @@ class Captioner:
     def notice(self) -> str | None:
         """What to tell a person about this model's captions (an untrained encoder on real photos), or None.
         The demo's model has one too: the photos a person gives it are not the demo's shapes."""
-        info = self.encoder_info
-        if str(info.get("weights")) == NO_WEIGHTS and bool(info.get(DEMO_ATTR, False)):
-            return DEMO_MODEL_NOTICE
-        return untrained_notice(info)
+        return untrained_notice(self.encoder_info, own_photos=True)
 
     def pixels(self, image: ImageInput) -> torch.Tensor:
         """One image as the encoder reads it: (3, S, S) uint8. Raises ImageReadError for an unreadable file."""

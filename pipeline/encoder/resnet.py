@@ -248,16 +248,24 @@ def encoder_info(weights: str, image_size: int, precision: str) -> dict[str, str
 DEMO_ATTR = "demo_dataset"  # cache attr (and so the checkpoint's `encoder`): the features are of the built-in demo
 
 
-def untrained_notice(encoder: Mapping[str, Any]) -> str | None:
+def untrained_notice(encoder: Mapping[str, Any], own_photos: bool = False) -> str | None:
     """What to tell a person whose features come from an untrained encoder on real photos, else None.
 
     `encoder` is a feature cache's attrs or a checkpoint's `encoder` record. With `weights: none` the
     ResNet50 is random: its features still separate the demo's flat coloured shapes, but on real photos
     captions only follow the training captions' prior. Caches that do not record DEMO_ATTR count as
-    not the demo.
+    not the demo. The demo's own images need no notice, but with `own_photos` (a model captioning or
+    searching photos a person gives it) the demo's model gets one too: those photos are not its shapes.
     """
-    if str(encoder.get("weights")) != NO_WEIGHTS or bool(encoder.get(DEMO_ATTR, False)):
+    if str(encoder.get("weights")) != NO_WEIGHTS:
         return None
+    if bool(encoder.get(DEMO_ATTR, False)):
+        return DEMO_MODEL_NOTICE if own_photos else None
     return ("the encoder is untrained (encoder.weights: none), so captions and search on real photos follow only "
             "the training captions' prior; set encoder.weights to IMAGENET1K_V2 or a weights file "
             "(docs/real-datasets.md, 'Machines without pretrained weights') and rerun `dvc repro`")
+
+
+DEMO_MODEL_NOTICE = ("the encoder is untrained (encoder.weights: none) and this is the built-in demo's model: it "
+                     "knows only the demo's coloured shapes, so on real photos its captions and search mean nothing; "
+                     "for real photos train on a real dataset with pretrained weights (docs/real-datasets.md)")

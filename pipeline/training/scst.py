@@ -62,6 +62,11 @@ class Samples:
         return self.log_probs != 0
 
 
+def without_banned(log_probs: torch.Tensor, banned_ids: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities over the vocabulary (last dimension) renormalised with the banned words at p = 0."""
+    return log_probs.index_fill(-1, banned_ids, float("-inf")).log_softmax(dim=-1)
+
+
 def sample(model: CaptionDecoder, features: torch.Tensor, per_image: int, max_length: int, banned: Sequence[int],
            start: int, end: int, pad: int, greedy: bool = False, distributions: bool = False) -> Samples:
     """Sample `per_image` captions of each image of features (n, P, E), at most `max_length` words and END
@@ -79,7 +84,7 @@ def sample(model: CaptionDecoder, features: torch.Tensor, per_image: int, max_le
     for _ in range(max_length):
         scores, alpha, state = model.advance(state, words)  # (R, V) log-probabilities, (R, P)
         alphas.append(alpha)
-        scores = scores.index_fill(1, banned_ids, float("-inf")).log_softmax(dim=1)  # renormalised without banned
+        scores = without_banned(scores, banned_ids)
         if distributions:
             steps.append(scores)
         words = scores.argmax(dim=1) if greedy else torch.multinomial(scores.exp(), 1).squeeze(1)  # (R,)
@@ -132,13 +137,12 @@ def reference_log_distributions(reference: CaptionDecoder, features: torch.Tenso
     """(R, T-1, V) the reference model's log p of every word at each step of the sampled captions (teacher
     forced on them, banned words renormalised away as in `sample`), without a gradient; features (n, P, E)."""
     steps = samples.log_distributions.size(1)
-    captions = torch.cat([torch.full_like(samples.tokens[:, :1], start), samples.tokens[:, :steps - 1]], dim=1)
+    captions = torch.cat([torch.full_like(samples.tokens[:, :1], start), samples.tokens[:, :steps]], dim=1)
     per_image = samples.tokens.size(0) // features.size(0)
     with torch.no_grad():
-        logits, _ = reference(features.repeat_interleave(per_image, 0), torch.cat(
-            [captions, captions[:, -1:]], dim=1))  # one column more: the forward predicts captions[:, 1:]
-        logits[:, :, list(banned)] = float("-inf")
-        return logits.float().log_softmax(dim=2)
+        logits, _ = reference(features.repeat_interleave(per_image, 0), captions)  # predicts captions[:, 1:]
+        banned_ids = torch.tensor(list(banned), dtype=torch.long, device=logits.device)
+        return without_banned(logits.float(), banned_ids)
 
 
 def reference_divergence(samples: Samples, reference: torch.Tensor) -> torch.Tensor:
@@ -162,7 +166,7 @@ class ScstSettings:
     amp: str
     xe_weight: float  # weight of the cross-entropy of one reference caption per image, added to the policy loss
     attention_penalty: float  # weight of the doubly stochastic attention penalty on the samples' attention
-    kl_weight: float = 0.0  # weight of the per-token KL divergence from the cross-entropy model
+    kl_weight: float  # weight of the per-token KL divergence from `run_scst_epoch`'s reference model
 
 
 def reference_cross_entropy(model: CaptionDecoder, data: TrainingData, x: torch.Tensor, rows: torch.Tensor,
@@ -195,7 +199,9 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
                    reference: CaptionDecoder | None = None) -> dict[str, float]:
     """One self-critical pass over the training images of `batches` (global batches of indices into
     `rewards.names`; each process takes every world_size-th image of each, and a batch with fewer images
-    than processes is left out); the mean reward and baseline of this process's samples, and its speeds."""
+    than processes is left out); the mean reward and baseline of this process's samples, and its speeds.
+    With a `reference` model (the frozen cross-entropy model) the loss adds `settings.kl_weight` x the
+    divergence from it, and the mean divergence per sampled token is returned as `kl`."""
     vocabulary, S = data.vocabulary, settings.samples
     autocast, _ = autocast_for(processes.device, settings.amp)
     special = {"start": vocabulary.start, "end": vocabulary.end, "pad": vocabulary.pad}
@@ -204,7 +210,6 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
     images, started = 0, time.perf_counter()
     mine = [batch[processes.rank::processes.world_size] for batch in batches if len(batch) >= processes.world_size]
     captions_of = captions_by_row(data.train_set.image_rows) if settings.xe_weight else {}
-    divergent = bool(settings.kl_weight) and reference is not None
     with tqdm(total=sum(map(len, mine)), disable=progress is None, desc=progress, unit="image", mininterval=1.0,
               leave=False) as bar:
         for batch in mine:
@@ -218,14 +223,14 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
                     greedy = rewards(names, sample(model, x, 1, max_length, banned, greedy=True, **special).tokens)
             model.train()
             with autocast:
-                samples = sample(model, x, S, max_length, banned, distributions=divergent, **special)
+                samples = sample(model, x, S, max_length, banned, distributions=reference is not None, **special)
             reward = rewards(names, samples.tokens)  # (R,)
             baseline = baseline_rewards(reward, S, greedy)  # (R,)
             chosen = float(samples.mask.sum())
             advantage = torch.as_tensor(reward - baseline, dtype=torch.float32, device=processes.device)  # (R,)
             tokens = processes.sum(chosen)
             loss = policy_loss(samples, advantage, tokens)  # a token mean over the global batch
-            if divergent:
+            if reference is not None:  # the stage passes one when scst.kl_weight > 0
                 with autocast:
                     fixed = reference_log_distributions(reference, x, samples, vocabulary.start, banned)
                 divergence = reference_divergence(samples, fixed)
