@@ -102,13 +102,14 @@ def test_the_mixed_objective_adds_the_cross_entropy_of_one_reference_per_image(o
     seen = set()
     for seed in range(20):
         torch.manual_seed(seed)
-        loss = reference_cross_entropy(model, data, features, torch.tensor([0, 1]), captions_of)
+        loss, targets = reference_cross_entropy(model, data, features, torch.tensor([0, 1]), captions_of)
         for second in (1, 2):  # image 1's caption is one of its two, image 0's is its only one
             rows = tokens[[0, second]][:, :4]
             logits, alphas = model(features, rows)
             expected = F.cross_entropy(logits.reshape(-1, V), rows[:, 1:].reshape(-1), ignore_index=PAD)
             if torch.allclose(loss, expected):
                 seen.add(second)
+                assert targets == (rows[:, 1:] != PAD).sum()  # the tokens the mean is over
     assert seen == {1, 2}
 
 

@@ -170,14 +170,17 @@ class ScstSettings:
 
 
 def reference_cross_entropy(model: CaptionDecoder, data: TrainingData, x: torch.Tensor, rows: torch.Tensor,
-                            captions_of: dict[int, list[int]]) -> torch.Tensor:
+                            captions_of: dict[int, list[int]]) -> tuple[torch.Tensor, float]:
     """Cross-entropy of one reference caption of each image, drawn at random (the images' feature rows (n,),
-    their features x (n, P, E)): the mixed objective that keeps the model close to how people caption."""
+    their features x (n, P, E)): the mixed objective that keeps the model close to how people caption.
+    Returns the token mean and the number of tokens it is taken over."""
     chosen = [captions_of[row][int(torch.randint(len(captions_of[row]), ()))] for row in rows.tolist()]
     lengths = data.train_set.lengths[chosen]
     tokens = data.train_set.tokens[chosen, :int(lengths.max())].to(x.device)  # (n, T)
     logits, alphas = model(x, tokens)  # (n, T-1, V), (n, T-1, P)
-    return caption_loss(logits, tokens[:, 1:], alphas, model.config.pad_index, 0.0)[1]
+    targets = tokens[:, 1:]
+    return (caption_loss(logits, targets, alphas, model.config.pad_index, 0.0)[1],
+            float((targets != model.config.pad_index).sum()))
 
 
 def captions_by_row(image_rows: torch.Tensor) -> dict[int, list[int]]:
@@ -199,21 +202,22 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
                    reference: CaptionDecoder | None = None) -> dict[str, float]:
     """One self-critical pass over the training images of `batches` (global batches of indices into
     `rewards.names`; each process takes every world_size-th image of each, and a batch with fewer images
-    than processes is left out); the mean reward and baseline of this process's samples, and its speeds.
-    With a `reference` model (the frozen cross-entropy model) the loss adds `settings.kl_weight` x the
-    divergence from it, and the mean divergence per sampled token is returned as `kl`."""
+    than processes is left out); the mean reward and baseline of every process's samples, and the speeds
+    of all processes together. With a `reference` model (the frozen cross-entropy model) the loss adds
+    `settings.kl_weight` x the divergence from it, and the mean divergence per sampled token is returned
+    as `kl`."""
     vocabulary, S = data.vocabulary, settings.samples
     autocast, _ = autocast_for(processes.device, settings.amp)
     special = {"start": vocabulary.start, "end": vocabulary.end, "pad": vocabulary.pad}
     max_length = model.config.max_caption_length
     totals = np.zeros(4)  # over this process's samples: reward, baseline, chosen tokens, KL from the reference
     images, started = 0, time.perf_counter()
-    mine = [batch[processes.rank::processes.world_size] for batch in batches if len(batch) >= processes.world_size]
+    shared = [batch for batch in batches if len(batch) >= processes.world_size]
     captions_of = captions_by_row(data.train_set.image_rows) if settings.xe_weight else {}
-    with tqdm(total=sum(map(len, mine)), disable=progress is None, desc=progress, unit="image", mininterval=1.0,
+    with tqdm(total=sum(map(len, shared)), disable=progress is None, desc=progress, unit="image", mininterval=1.0,
               leave=False) as bar:
-        for batch in mine:
-            names = [rewards.names[i] for i in batch.tolist()]
+        for batch in shared:
+            names = [rewards.names[i] for i in batch[processes.rank::processes.world_size].tolist()]
             rows = data.features.rows_of(names)  # (n,)
             x = data.features[rows]  # (n, P, E)
             greedy = None
@@ -236,20 +240,22 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
                 divergence = reference_divergence(samples, fixed)
                 loss = loss + settings.kl_weight * divergence / max(tokens, 1.0)
                 totals[3] += float(divergence.detach())
-            if settings.attention_penalty:  # each process's share of the mean, as the cross-entropy's below
+            # the means below are this process's; weighted by its share of the global batch, the gradients
+            # that `update` sums over the processes are those of the global batch's mean
+            if settings.attention_penalty:
                 steps = samples.mask[:, :samples.alphas.size(1)]  # (R, T-1) the steps that chose a token
-                loss = loss + settings.attention_penalty / processes.world_size * coverage_penalty(
-                    samples.alphas, steps)
+                share = samples.tokens.size(0) / processes.sum(samples.tokens.size(0))
+                loss = loss + settings.attention_penalty * share * coverage_penalty(samples.alphas, steps)
             if settings.xe_weight:
-                with autocast:  # summed over processes by `update`: each process's share of the mean
-                    loss = loss + settings.xe_weight / processes.world_size * reference_cross_entropy(
-                        model, data, x, rows, captions_of)
+                with autocast:
+                    cross_entropy, targets = reference_cross_entropy(model, data, x, rows, captions_of)
+                loss = loss + settings.xe_weight * (targets / processes.sum(targets)) * cross_entropy
             update(model, loss, optimizer, scaler, settings.grad_clip, processes)
             totals[:3] += (reward.sum(), baseline.sum(), chosen)
             images += len(names)
-            bar.update(len(names) * processes.world_size)
+            bar.update(len(batch))
     seconds = time.perf_counter() - started
+    reward, baseline, tokens, kl, images = (processes.sum(float(value)) for value in (*totals, images))
     count = max(images * S, 1)
-    return {"reward": totals[0] / count, "baseline": totals[1] / count, "kl": totals[3] / max(totals[2], 1.0),
-            "images_per_s": images / seconds,
-            "sampled_tokens_per_s": totals[2] / seconds}
+    return {"reward": reward / count, "baseline": baseline / count, "kl": kl / max(tokens, 1.0),
+            "images_per_s": images / seconds, "sampled_tokens_per_s": tokens / seconds}
