@@ -244,7 +244,7 @@ def run_scst_epoch(model: CaptionDecoder, data: TrainingData, rewards: Rewards, 
             # that `update` sums over the processes are those of the global batch's mean
             if settings.attention_penalty:
                 steps = samples.mask[:, :samples.alphas.size(1)]  # (R, T-1) the steps that chose a token
-                share = samples.tokens.size(0) / processes.sum(samples.tokens.size(0))
+                share = len(names) / len(batch)  # its rows' share: every image's samples stay on one process
                 loss = loss + settings.attention_penalty * share * coverage_penalty(samples.alphas, steps)
             if settings.xe_weight:
                 with autocast:
