@@ -28,6 +28,7 @@ from pipeline.evaluation.attention import attention_correctness
 from pipeline.model.captioner import Caption
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.model.decoder import CaptionDecoder
+from pipeline.retrieval.likelihood import encode_queries
 from pipeline.stages.evaluate import object_boxes
 from pipeline.text import Vocabulary
 
@@ -35,10 +36,7 @@ from pipeline.text import Vocabulary
 def teacher_forced(model: CaptionDecoder, vocabulary: Vocabulary, features: torch.Tensor,
                    captions: list[list[str]]) -> list[Caption]:
     """The captions with the model's attention (L, P) at the step that says each word; features (B, P, E)."""
-    encoded = [vocabulary.encode(words) for words in captions]  # START, words, END
-    tokens = torch.full((len(encoded), max(map(len, encoded))), vocabulary.pad, dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        tokens[row, :len(ids)] = torch.tensor(ids)
+    tokens = encode_queries([" ".join(words) for words in captions], vocabulary, max(map(len, captions)))
     with torch.no_grad():
         _, alphas = model(features, tokens)  # (B, T-1, P): step i says word i
     return [Caption(words, alphas[row, :len(words)], 0.0) for row, words in enumerate(captions)]
