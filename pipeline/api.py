@@ -13,14 +13,15 @@
     for hit in library.search("a dog running on the beach", top=5).hits:
         print(f"{hit.score:.2f} {hit.path} {hit.caption}")
 
-`Captioner` loads the checkpoint's decoder and the encoder its features were made with (weights,
-input size and precision are recorded in the checkpoint), so a photo is read, encoded and described
-exactly as the dataset's images were. It captions paths, PIL images and uint8 tensors ((3, H, W) or
-(B, 3, H, W), any size: the whole image is resized to the encoder's input), in batches. The decoding
-options default to params.yaml's `evaluate` section as the package ships it; the ranking options to
-its `retrieval` section. One call at a time: the web page (pipeline/commands/app.py) queues its
-requests in front of one Captioner. The caption, search and web-page commands are thin layers over
-these classes.
+`Captioner` loads the checkpoint's decoder and the encoder its features were made with (weights, input
+size and precision are recorded in the checkpoint), so a photo is read, encoded and described exactly as
+the dataset's images were; features made under bf16 are encoded in fp32 on a CPU without native bf16,
+where bf16 is emulated (the same features to about 1%, 7x faster; docs/speed.md). It captions paths, PIL
+images and uint8 tensors ((3, H, W) or (B, 3, H, W), any size: the whole image is resized to the
+encoder's input), in batches. The decoding options default to params.yaml's `evaluate` section as the
+package ships it; the ranking options to its `retrieval` section. One call at a time: the web page
+(pipeline/commands/app.py) queues its requests in front of one Captioner. The caption, search and
+web-page commands are thin layers over these classes.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from pipeline.model.checkpoint import load_checkpoint
 from pipeline.retrieval.likelihood import unknown_words
 from pipeline.retrieval.photo_index import IndexReport, default_index_dir, open_index, update_index
 from pipeline.retrieval.ranking import Gallery, Hit, RankingOptions, Searcher
-from pipeline.runtime import resolve_device
+from pipeline.runtime import resolve_device, runs_native
 from pipeline.text import normalise, tokenize
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
@@ -104,7 +105,8 @@ class Captioner:
         self.model, self.vocabulary, payload = load_checkpoint(self.checkpoint, self.device)
         info = payload["encoder"]
         self.encoder_info: dict[str, Any] = dict(info)  # what the features were made with (resnet.encoder_info)
-        self.precision = str(info.get("precision", "fp32"))
+        made = str(info.get("precision", "fp32"))
+        self.precision = made if runs_native(made, self.device) else "fp32"  # what photos are encoded in
         self.encoder = build_encoder(str(info["weights"])).to_device(self.device, self.precision)
         self.image_size = int(info["image_size"])
         self.decoding = decoding

@@ -38,14 +38,47 @@ def cpu_has_int8_dot() -> bool:
     return cpu_has("avx512_vnni", "avx_vnni")
 
 
+def cpu_has_fp16() -> bool:
+    """Whether this CPU multiplies float16 natively (AVX512-FP16 or AMX-FP16)."""
+    return cpu_has("avx512_fp16", "amx_fp16")
+
+
+NATIVE_ON_CPU = {  # precision -> what a CPU needs to run it natively, and whether this one has it
+    "bf16": ("native bf16 (AVX512-BF16 or AMX)", lambda: cpu_has_bf16()),
+    "fp16": ("native fp16 (AVX512-FP16 or AMX-FP16)", lambda: cpu_has_fp16()),
+    "int8": ("int8 dot products (AVX512-VNNI or AVX-VNNI)", lambda: cpu_has_int8_dot()),
+}
+
+
+def runs_native(precision: str, device: "torch.device") -> bool:
+    """Whether `precision` (fp32, bf16, fp16, int8) runs natively on `device`: always on CUDA and for fp32;
+    on a CPU only with the instructions it needs, without which it is emulated and runs slower than
+    fp32, by 7x (bf16 ResNet50) to 60x (int8 products) on a 2-core AVX2 CPU (docs/speed.md)."""
+    if device.type != "cpu" or precision not in NATIVE_ON_CPU:
+        return True
+    return NATIVE_ON_CPU[precision][1]()
+
+
+def emulation_warning(key: str, precision: str, device: "torch.device") -> str | None:
+    """A one-line warning, naming `key`, where the precision it asks for would be emulated on this device
+    (`runs_native`); None where it runs natively (and for `auto`, which picks only native ones)."""
+    if precision == "auto" or runs_native(precision, device):
+        return None
+    return (f"{key} is {precision}, but this CPU has no {NATIVE_ON_CPU[precision][0]}: {precision} is emulated "
+            f"here and runs several times slower than fp32; set {key}: auto to run at this CPU's full speed")
+
+
 def resolve_scoring_precision(precision: str, device: "torch.device") -> str:
-    """retrieval's `auto` -> bf16 on CUDA and on CPUs with native bf16, else int8 on CPUs with int8 dot
-    products, else fp32; other values as given."""
+    """retrieval's `auto` -> bf16 on CUDA; on a CPU, int8 where it has int8 dot products (faster than its
+    native bf16 too where both were measured, docs/search.md), else bf16 where native, else fp32;
+    other values as given."""
     if precision != "auto":
         return precision
-    if device.type == "cuda" or cpu_has_bf16():
+    if device.type == "cuda":
         return "bf16"
-    return "int8" if device.type == "cpu" and cpu_has_int8_dot() else "fp32"
+    if device.type == "cpu" and cpu_has_int8_dot():
+        return "int8"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def resolve_precision(precision: str, device: "torch.device") -> str:
@@ -181,6 +214,11 @@ class Processes:
         """Log a line for a person, from rank 0 only."""
         if self.main:
             logger.info(message)
+
+    def warn(self, message: str | None) -> None:
+        """Log a warning (on stderr) from rank 0 only; None says nothing."""
+        if self.main and message:
+            logger.warning(message)
 
     def follow(self, value: Any) -> Any:
         """Rank 0's `value` on every process (`follow_rank_zero`)."""

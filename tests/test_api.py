@@ -10,6 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
+from pipeline import runtime
 from pipeline.api import Captioner, SearchResults
 from pipeline.defaults import command_defaults, package_defaults, package_params
 from pipeline.encoder.images import load_image
@@ -98,6 +99,25 @@ def test_untrained_encoder_notice_follows_the_checkpoint(trained_project: Path, 
         notice = Captioner(checkpoint, "cpu").notice
         # the demo's model says what it knows: the photos given to it are not the demo's shapes
         assert notice.startswith("the encoder is untrained") and ("the built-in demo's model" in notice) == demo
+
+
+def test_bf16_features_are_encoded_in_fp32_where_the_cpu_would_emulate_bf16(
+        trained_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = read_payload(trained_project / "data/train/best.pt")
+    payload["encoder"] = {**payload["encoder"], "precision": "bf16"}  # features made under bf16 elsewhere
+    checkpoint = tmp_path / "bf16.pt"
+    save_torch(checkpoint, payload)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    assert Captioner(checkpoint, "cpu").precision == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    captioner = Captioner(checkpoint, "cpu")
+    assert captioner.precision == "fp32"
+    pixels = torch.stack([load_image(path, 64) for path in images(trained_project, 2)])
+    features = captioner.features(pixels)
+    assert features.dtype == torch.float32
+    # the encoder ran without bf16 autocast: its features are those of the fp32 checkpoint's Captioner
+    torch.testing.assert_close(features, Captioner(trained_project / "data/train/best.pt", "cpu").features(pixels),
+                               rtol=0, atol=0)
 
 
 def test_decoding_options_default_to_the_packaged_params(trained_project: Path, monkeypatch: pytest.MonkeyPatch,

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import pipeline
+from pipeline import runtime
 from pipeline.datasets.table import write_captions
 from pipeline.encoder import extraction
 from pipeline.encoder.extraction import FeatureExtractionError, names_sha256
@@ -151,6 +152,15 @@ def test_stage_writes_the_encoder_features(clean_run: tuple[Path, str], referenc
     assert attrs["images_sha256"] == names_sha256(SORTED)
     assert partials(path.parent.parent) == []
     assert f"{len(SORTED)} images" in printed and "(6, 4, 2048) float16" in printed and "images/s" in printed
+
+
+def test_bf16_on_a_cpu_that_would_emulate_it_is_warned_about_once(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    root = make_project(tmp_path, precision="bf16")
+    _, said = run_stage_printing(root)
+    assert said.count("features: encoder.precision is bf16, but this CPU has no native bf16") == 1
+    assert read(root / "features/features.h5")["attrs"]["precision"] == "bf16"  # warned, then made as asked
 
 
 def test_an_untrained_encoder_on_data_that_is_not_the_demo_is_said_once(tmp_path: Path) -> None:

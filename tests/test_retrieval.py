@@ -3,6 +3,7 @@ the retrieval scores, on cases whose answers are known by construction."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import runtime
 from pipeline.config import RetrievalConfig
 from pipeline.encoder.feature_cache import FeatureStore, create_layout
 from pipeline.model.architectures import build_decoder
@@ -188,6 +190,23 @@ def test_the_query_prior_shifts_every_score_of_a_query_alike(generic_gallery: Ga
     log_p = F.log_softmax(mean, dim=0)
     expected = float(log_p[VOCAB.index("red")] + log_p[VOCAB.index("circle")] + log_p[VOCAB.end])
     assert len(shifts) == 1 and shifts.pop() == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_precision_this_cpu_would_emulate_is_warned_about_once_and_still_ranks(
+        generic_gallery: Gallery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        searcher = Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU,
+                            options_with(prior="none", precision="bf16"))
+        hits = searcher.search("red circle", top=4)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("retrieval.precision is bf16, but this CPU has no native bf16")
+    assert [hit.name for hit in hits][0] == "generic"  # ranked as asked, under bf16 (raw likelihood: see above)
+    caplog.clear()
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        Searcher(ImageOnlyDecoder(len(VOCAB)), VOCAB, generic_gallery, CPU, options_with(precision="bf16"))
+    assert not caplog.records
 
 
 def test_candidates_come_from_the_caption_index(generic_gallery: Gallery) -> None:

@@ -18,7 +18,7 @@ def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch
     assert runtime.resolve_precision("auto", cpu) == "bf16"
 
 
-def test_scoring_auto_is_bf16_where_native_else_int8_where_the_cpu_has_int8_dot_products(
+def test_scoring_auto_is_int8_where_the_cpu_has_int8_dot_products_else_bf16_where_native(
         monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
@@ -26,10 +26,32 @@ def test_scoring_auto_is_bf16_where_native_else_int8_where_the_cpu_has_int8_dot_
     assert runtime.resolve_scoring_precision("auto", cpu) == "int8"
     assert runtime.resolve_scoring_precision("auto", cuda) == "bf16"
     assert runtime.resolve_scoring_precision("fp32", cpu) == "fp32"
-    monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: False)
-    assert runtime.resolve_scoring_precision("auto", cpu) == "fp32"
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    assert runtime.resolve_scoring_precision("auto", cpu) == "int8"  # faster than native bf16 (docs/search.md)
+    monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: False)
     assert runtime.resolve_scoring_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    assert runtime.resolve_scoring_precision("auto", cpu) == "fp32"
+
+
+def test_a_precision_the_cpu_would_emulate_gets_a_warning_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_fp16", lambda: False)
+    for key, precision in (("train.amp", "bf16"), ("scst.amp", "fp16"), ("retrieval.precision", "int8")):
+        warning = runtime.emulation_warning(key, precision, cpu)
+        assert warning.startswith(f"{key} is {precision}, but this CPU has no ")
+        assert f"set {key}: auto" in warning and "\n" not in warning
+        assert runtime.emulation_warning(key, precision, cuda) is None  # CUDA runs them natively
+    for precision in ("auto", "fp32"):
+        assert runtime.emulation_warning("train.amp", precision, cpu) is None
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: True)
+    assert runtime.emulation_warning("encoder.precision", "bf16", cpu) is None
+    assert runtime.emulation_warning("retrieval.precision", "int8", cpu) is None
+    assert "AVX512-FP16" in runtime.emulation_warning("train.amp", "fp16", cpu)
+    assert runtime.runs_native("bf16", cpu) and not runtime.runs_native("fp16", cpu)
 
 
 def test_cpu_flags_are_read_from_proc_cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -3,15 +3,16 @@
     caption photo.jpg [more.jpg ...] [--attention attention.png] [--checkpoint best.pt]
     (or: python -m pipeline.commands.caption ...)
 
-Runs the encoder the checkpoint's features were made with (weights, input size and precision are
-stored in the checkpoint), then batched beam search (`pipeline.api.Captioner`), and prints one
-`IMAGE<TAB>caption` line per image. An image that cannot be read is reported on stderr and the
-others are still captioned; the exit status is 1 when any failed. With --attention, writes the
-attention figure (the image, then one heat map per word); for several images, one file each, named
-after the image's path so that no two images share a figure. In a project (./params.yaml or
-$PIPELINE_PARAMS) the checkpoint and decoding options default to its `scst.checkpoint` (the final model) and
-`evaluate.*`; elsewhere --checkpoint is required and the decoding options are the package's defaults.
-When the checkpoint's encoder is untrained and its data not the demo, one line on stderr says so.
+Runs the encoder the checkpoint's features were made with (weights, input size and precision are stored
+in the checkpoint; bf16 runs as fp32 on a CPU without native bf16), then batched beam search
+(`pipeline.api.Captioner`), and prints one `IMAGE<TAB>caption` line per image. An image that cannot be
+read is reported on stderr and the others are still captioned; the exit status is 1 when any failed.
+With --attention, writes the attention figure (the image, then one heat map per word); for several
+images, one file each, named after the image's path so that no two images share a figure. In a project
+(./params.yaml or $PIPELINE_PARAMS) the checkpoint and decoding options default to its `scst.checkpoint`
+(the final model) and `evaluate.*`; elsewhere --checkpoint is required and the decoding options are the
+package's defaults. When the checkpoint's encoder is untrained and its data not the demo, one line on
+stderr says so.
 """
 from __future__ import annotations
 

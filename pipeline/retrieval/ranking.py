@@ -6,6 +6,7 @@ Shared by the retrieval stage, the search command and the web page.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -25,8 +26,10 @@ from pipeline.retrieval.likelihood import (
     image_prior,
 )
 from pipeline.retrieval.text_index import CaptionIndex, top_candidates
-from pipeline.runtime import resolve_scoring_precision
+from pipeline.runtime import emulation_warning, resolve_scoring_precision
 from pipeline.text import Vocabulary
+
+logger = logging.getLogger(__name__)
 
 MEAN_CHUNK = 256  # images read at a time when averaging a gallery's features
 
@@ -96,6 +99,8 @@ class Searcher:
     def __init__(self, model: CaptionDecoder, vocabulary: Vocabulary, gallery: Gallery, device: torch.device,
                  options: RankingOptions, progress: str | None = None) -> None:
         self.gallery, self.options = gallery, options
+        if warning := emulation_warning("retrieval.precision", options.precision, device):
+            logger.warning(warning)
         self.scorer = LikelihoodScorer(model, vocabulary, gallery.features_of, device, options.batch_size,
                                        resolve_scoring_precision(options.precision, device), progress)
         self.index = CaptionIndex(gallery.captions)

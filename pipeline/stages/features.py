@@ -51,6 +51,7 @@ from pipeline.encoder.resnet import DEMO_ATTR, FEATURE_DIM, STRIDE, build_encode
 from pipeline.files import full_disk_reported, lies_in, require_free_space, with_margin
 from pipeline.identity import stage_identity
 from pipeline.runtime import (
+    emulation_warning,
     follow_rank_zero,
     relaunch_under_torchrun,
     resolve_precision,
@@ -74,6 +75,8 @@ def main() -> None:
 
     names = read_image_list(dataset.table)
     precision = resolve_precision(config.precision, device)
+    if rank == 0 and (warning := emulation_warning("encoder.precision", config.precision, device)):
+        print(f"features: {warning}", file=sys.stderr, flush=True)
     encoder = build_encoder(config.weights).to_device(device, precision)
     gpu_decode = gpu_decode_wanted(device)
     attrs = {**encoder_info(config.weights, config.image_size, precision), "dtype": config.dtype,

@@ -30,7 +30,7 @@ from pipeline.identity import stage_identity
 from pipeline.model.captioner import search_options
 from pipeline.model.checkpoint import check_features, checkpoint_payload, load_checkpoint, read_payload
 from pipeline.model.decoder import CaptionDecoder
-from pipeline.runtime import Processes, processes, relaunch_under_torchrun, seed_everything
+from pipeline.runtime import Processes, emulation_warning, processes, relaunch_under_torchrun, seed_everything
 from pipeline.text import Vocabulary
 from pipeline.training.compiled import compile_step
 from pipeline.training.data import TrainingData, load_training_data
@@ -84,6 +84,7 @@ def main() -> None:
         check_features(model, payload["encoder"], data.store.path, data.store.attrs, data.store.feature_dim)
         reference = frozen_copy(train.checkpoint, cluster.device) if config.kl_weight else None
         optimisers = make_optimisers(model, config.lr, 0.0, config.epochs, 1.0, cluster.device, config.amp)
+        cluster.warn(emulation_warning("scst.amp", config.amp, cluster.device))
         training.restore(model, *optimisers)
         log = EpochLog(config.log_dir, config.metrics_dir, training.continued is not None) if cluster.main else None
         if training.continued:

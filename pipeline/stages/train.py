@@ -36,7 +36,7 @@ from pipeline.config import (
 )
 from pipeline.identity import stage_identity
 from pipeline.model.checkpoint import checkpoint_payload
-from pipeline.runtime import Processes, processes, relaunch_under_torchrun, seed_everything
+from pipeline.runtime import Processes, emulation_warning, processes, relaunch_under_torchrun, seed_everything
 from pipeline.text import Vocabulary
 from pipeline.training.batches import bucket_batches
 from pipeline.training.compiled import compile_step
@@ -84,6 +84,7 @@ def main() -> None:
         model.set_feature_statistics(*data.features.statistics(data.train_set.image_rows))
         optimisers = make_optimisers(model, config.lr, config.weight_decay, config.lr_step_epochs, config.lr_gamma,
                                      cluster.device, config.amp)
+        cluster.warn(emulation_warning("train.amp", config.amp, cluster.device))
         training.restore(model, *optimisers)
         resuming = f"resuming from {files.last} after epoch {training.progress.epoch}"
         cluster.say(f"train: {resuming if training.continued else f'starting afresh ({reason})'}; "

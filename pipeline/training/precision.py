@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from pipeline.runtime import cpu_has_bf16
+from pipeline.runtime import resolve_precision
 
 
 def autocast_for(device: torch.device, amp: str) -> tuple[contextlib.AbstractContextManager, bool]:
@@ -13,8 +13,7 @@ def autocast_for(device: torch.device, amp: str) -> tuple[contextlib.AbstractCon
 
     `auto` is bf16 on CUDA and on CPUs with native bf16 arithmetic, else full precision.
     """
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+    amp = resolve_precision(amp, device)
     if amp == "fp32":
         return contextlib.nullcontext(), False
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
