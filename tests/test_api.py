@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 import yaml
@@ -118,6 +119,13 @@ def test_bf16_features_are_encoded_in_fp32_where_the_cpu_would_emulate_bf16(
     # the encoder ran without bf16 autocast: its features are those of the fp32 checkpoint's Captioner
     torch.testing.assert_close(features, Captioner(trained_project / "data/train/best.pt", "cpu").features(pixels),
                                rtol=0, atol=0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in images(trained_project, 2):
+        shutil.copy(path, folder / path.name)
+    captioner.index(folder)
+    with h5py.File(folder / ".caption-index/features.h5", "r") as file:
+        assert file.attrs["precision"] == "fp32"  # what the photos were encoded in, not the checkpoint's bf16
 
 
 def test_decoding_options_default_to_the_packaged_params(trained_project: Path, monkeypatch: pytest.MonkeyPatch,

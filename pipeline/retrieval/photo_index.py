@@ -190,8 +190,10 @@ def update_index(captioner: Captioner, photos: Path, index_dir: Path | None = No
     features, partial = index_dir / FEATURES_FILE, index_dir / PARTIAL_FILE
     names, ignored = list_photos(photos, index_dir)
     stamps = {name: file_stamp(photos / name) for name in names}
-    # the encoder's provenance, less the dataset's image list that the checkpoint also records
-    attrs = {**{k: v for k, v in captioner.encoder_info.items() if k != "images_sha256"}, "dtype": DTYPE}
+    # the encoder's provenance, less the dataset's image list that the checkpoint also records, at the
+    # precision the photos are encoded in here (fp32 for bf16 where this CPU would emulate it)
+    attrs = {**{k: v for k, v in captioner.encoder_info.items() if k != "images_sha256"},
+             "precision": captioner.precision, "dtype": DTYPE}
     try:
         manifest = read_manifest(index_dir)
     except PhotoIndexError as error:
