@@ -16,7 +16,7 @@
 `Captioner` loads the checkpoint's decoder and the encoder its features were made with (weights, input
 size and precision are recorded in the checkpoint), so a photo is read, encoded and described exactly as
 the dataset's images were; features made under bf16 are encoded in fp32 on a CPU without native bf16,
-where bf16 is emulated (the same features to about 1%, 7x faster; docs/speed.md). It captions paths, PIL
+where bf16 is emulated (the same features to about 1%, 8x faster; docs/speed.md). It captions paths, PIL
 images and uint8 tensors ((3, H, W) or (B, 3, H, W), any size: the whole image is resized to the
 encoder's input), in batches. The decoding options default to params.yaml's `evaluate` section as the
 package ships it; the ranking options to its `retrieval` section. One call at a time: the web page

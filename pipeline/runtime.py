@@ -53,7 +53,8 @@ NATIVE_ON_CPU = {  # precision -> what a CPU needs to run it natively, and wheth
 def runs_native(precision: str, device: "torch.device") -> bool:
     """Whether `precision` (fp32, bf16, fp16, int8) runs natively on `device`: always on CUDA and for fp32;
     on a CPU only with the instructions it needs, without which it is emulated and runs slower than
-    fp32, by 7x (bf16 ResNet50) to 60x (int8 products) on a 2-core AVX2 CPU (docs/speed.md)."""
+    fp32: 8x for a bf16 ResNet50 forward and 27x for int8 decoding products on a 2-core AVX2 CPU
+    (`python -m benchmarks.precision_bench`, docs/speed.md)."""
     if device.type != "cpu" or precision not in NATIVE_ON_CPU:
         return True
     return NATIVE_ON_CPU[precision][1]()
