@@ -150,6 +150,17 @@ def write_feature_cache(path: Path, names: list[str], features: Any, attrs: dict
     return path
 
 
+def with_encoder_info(checkpoint: Path, copy: Path, **info: Any) -> Path:
+    """A copy of `checkpoint` at `copy` whose recorded encoder info has `info` changed."""
+    from pipeline.files import save_torch
+    from pipeline.model.checkpoint import read_payload
+
+    payload = read_payload(checkpoint)
+    payload["encoder"] = {**payload["encoder"], **info}
+    save_torch(copy, payload)
+    return copy
+
+
 @pytest.fixture(params=["spatial", "sat"])
 def each_architecture(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test once per decoder architecture: tests.tiny_models.make_model builds that one."""

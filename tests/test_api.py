@@ -16,9 +16,7 @@ from pipeline.api import Captioner, SearchResults
 from pipeline.defaults import command_defaults, package_defaults, package_params
 from pipeline.encoder.images import load_image
 from pipeline.errors import InputError
-from pipeline.files import save_torch
-from pipeline.model.checkpoint import read_payload
-from tests.conftest import ROOT, write_params
+from tests.conftest import ROOT, with_encoder_info, write_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,11 +90,9 @@ def test_a_query_of_unknown_words_says_its_order_means_nothing(captioner: Captio
 
 
 def test_untrained_encoder_notice_follows_the_checkpoint(trained_project: Path, tmp_path: Path) -> None:
-    payload = read_payload(trained_project / "data/train/best.pt")
     for demo in (True, False):
-        payload["encoder"] = {**payload["encoder"], "demo_dataset": demo}
-        checkpoint = tmp_path / f"demo_{demo}.pt"
-        save_torch(checkpoint, payload)
+        checkpoint = with_encoder_info(trained_project / "data/train/best.pt", tmp_path / f"demo_{demo}.pt",
+                                       demo_dataset=demo)
         notice = Captioner(checkpoint, "cpu").notice
         # the demo's model says what it knows: the photos given to it are not the demo's shapes
         assert notice.startswith("the encoder is untrained") and ("the built-in demo's model" in notice) == demo
@@ -104,10 +100,8 @@ def test_untrained_encoder_notice_follows_the_checkpoint(trained_project: Path, 
 
 def test_bf16_features_are_encoded_in_fp32_where_the_cpu_would_emulate_bf16(
         trained_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    payload = read_payload(trained_project / "data/train/best.pt")
-    payload["encoder"] = {**payload["encoder"], "precision": "bf16"}  # features made under bf16 elsewhere
-    checkpoint = tmp_path / "bf16.pt"
-    save_torch(checkpoint, payload)
+    # features made under bf16 elsewhere
+    checkpoint = with_encoder_info(trained_project / "data/train/best.pt", tmp_path / "bf16.pt", precision="bf16")
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     assert Captioner(checkpoint, "cpu").precision == "bf16"
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)

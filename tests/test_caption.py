@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from pipeline.commands import caption
+from tests.conftest import with_encoder_info
 
 
 @pytest.fixture
@@ -104,14 +105,10 @@ def test_a_damaged_checkpoint_is_one_line(in_trained_project: Path, tmp_path: Pa
 
 def test_an_untrained_encoder_on_real_photos_is_said_once(in_trained_project: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
-    from pipeline.files import save_torch
-    from pipeline.model.checkpoint import read_payload
-
-    payload = read_payload(in_trained_project / "data/train/best.pt")
     images = [str(path) for path in dataset_images(in_trained_project, 2)]
     for demo in (False, True):
-        payload["encoder"] = {**payload["encoder"], "weights": "none", "demo_dataset": demo}
-        save_torch(tmp_path / "model.pt", payload)
+        with_encoder_info(in_trained_project / "data/train/best.pt", tmp_path / "model.pt", weights="none",
+                          demo_dataset=demo)
         assert caption.main([*images, "--checkpoint", str(tmp_path / "model.pt")]) == 0
         captured = capsys.readouterr()
         said = [line for line in captured.err.splitlines() if "the encoder is untrained" in line]
